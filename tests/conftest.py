@@ -1,0 +1,36 @@
+"""Shared fixtures: the pack as a package, an in-process ComfyUI, a real headless server, tiny models."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
+PACK = "temporal_restore"
+
+
+def _register_pack() -> None:
+    """Import the repo as the package ``temporal_restore`` without putting the repo on sys.path
+    (its ``nodes/`` would shadow ComfyUI's ``nodes`` module)."""
+    if PACK in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(PACK, os.path.join(REPO, "__init__.py"),
+                                                  submodule_search_locations=[REPO])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[PACK] = mod
+    spec.loader.exec_module(mod)
+
+
+_register_pack()
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+
+from harness import fixtures as _fixtures  # noqa: E402  (fixtures defined in tests/harness)
+
+comfy_host = _fixtures.comfy_host
+tiny = _fixtures.tiny
+server = _fixtures.server
+sample_clip = _fixtures.sample_clip

@@ -1,0 +1,88 @@
+"""In-process ComfyUI: the real node registry and PromptExecutor, without HTTP (boots in seconds).
+
+The pack is loaded by ComfyUI itself from ``<base>/custom_nodes/temporal_restore`` (a symlink to the repo),
+exactly as a user's install would load it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import uuid
+
+from . import paths
+
+
+class _StubServer:
+    """What PromptExecutor needs of PromptServer: a sink for progress and status messages."""
+
+    def __init__(self):
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.messages: list[tuple[str, dict]] = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+
+class ComfyHost:
+    def __init__(self, base: str):
+        self.base = base
+        if paths.COMFY_DIR not in sys.path:
+            sys.path.insert(0, paths.COMFY_DIR)
+        import comfy.options  # noqa: F401  (args are parsed from an empty list: set them below)
+        from comfy.cli_args import args
+
+        args.cpu = True
+        args.base_directory = base
+        args.disable_api_nodes = True
+        args.database_url = "sqlite:///:memory:"
+        import comfy.model_management  # noqa: F401
+        import execution
+        import folder_paths
+        import nodes
+
+        assert folder_paths.base_path == base, "ComfyUI was imported before the harness set its base directory"
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        self.nodes = nodes
+        self.execution = execution
+        self.server = _StubServer()
+        self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC)
+        if not any(n.startswith("TR_") for n in nodes.NODE_CLASS_MAPPINGS):
+            raise RuntimeError("the temporal_restore pack did not load: no TR_ node registered")
+
+    def node(self, node_id: str):
+        return self.nodes.NODE_CLASS_MAPPINGS[node_id]
+
+    def validate(self, prompt: dict):
+        return asyncio.run(self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
+
+    def run(self, prompt: dict, outputs: list[str] | None = None) -> dict:
+        """Validate and execute an API-format prompt. Returns {"ui": history outputs, "outputs": {id: tuple}}
+        where ``outputs`` holds the cached Python outputs of the requested node ids. Raises on failure with
+        ComfyUI's own error text."""
+        valid = self.validate(prompt)
+        if not valid[0]:
+            raise PromptError(f"prompt invalid: {valid[1]} {valid[3]}", valid)
+        pid = str(uuid.uuid4())
+        self.server.messages.clear()
+        self.executor.execute(prompt, pid, {}, valid[2])
+        if not self.executor.success:
+            errors = [d for e, d in self.executor.status_messages if e == "execution_error"]
+            raise PromptError(f"execution failed: {errors}", errors)
+        result = {"ui": self.executor.history_result.get("outputs", {}), "outputs": {}}
+        for nid in outputs or []:
+            cached = self.executor.caches.outputs.get(nid)
+            result["outputs"][nid] = None if cached is None else cached.outputs
+        return result
+
+
+class PromptError(RuntimeError):
+    def __init__(self, message, details=None):
+        super().__init__(message)
+        self.details = details
+
+
+def quiet_logs():
+    logging.getLogger().setLevel(logging.WARNING)
