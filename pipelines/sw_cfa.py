@@ -1,0 +1,172 @@
+"""Sliding-Window Cross-Frame Attention (SW-CFA), TDM paper §2.3, Eq. 7-9.
+
+Self-attention of frame ``i`` keeps its own query but uses keys and values averaged over the
+frames ``i-N .. i+N`` of the same clip (Eq. 8):
+
+    Q = Q_i,   K = mean_{j in W(i)} K_j,   V = mean_{j in W(i)} V_j,
+    out_i = softmax(Q K^T / sqrt(d)) V                                          (Eq. 9)
+
+Layout: ``q``, ``k``, ``v`` are ``[chunks * frames, tokens, heads * dim_head]`` (ComfyUI's
+attention layout), frames contiguous within a chunk; a chunk is one cond or uncond batch.
+Averaging never crosses chunks.
+
+Windows at clip ends (the choice made here): the window is *clipped* to the frames present and
+the mean is over the frames actually in the window, ``W(i) = {j : |t_j - t_i| <= N}``, so frame 0
+with N=3 averages frames 0..3 (4 frames). With identical frames every window therefore equals the
+frame itself, and ``N=0`` is exactly self-attention.
+
+Frame indices: ``index`` (optional, one absolute frame number per frame of a chunk) comes from the
+chunker when the batch is a window of a longer clip. Windows are measured on those absolute
+numbers (``|t_j - t_i| <= N``) but only frames present in the batch are averaged: frames of the
+clip outside the batch are not available, the chunker's overlap between windows provides the
+context instead. For the usual contiguous window this is the same as positions within the batch.
+
+Cost: O(frames) with a cumulative sum over the frame axis (one extra K and V sized buffer);
+``[frames, window, tokens, dim]`` is never built. The attention itself has the stock shape, so
+SW-CFA costs about what self-attention costs.
+
+Modes:
+    ``"sw_cfa"``       Eq. 8 window mean with radius N.
+    ``"first_frame"``  Text2Video-Zero / Eq. 6: K, V of the first frame of the chunk (the frame with
+                       the smallest absolute index present in the batch).
+    ``"self"``         stock self-attention (same as ``"sw_cfa"`` with N=0).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("sw_cfa", "first_frame", "self")
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head attention ``[B, Tq, H*D] x [B, Tk, H*D] -> [B, Tq, H*D]`` with torch SDPA
+    (what ComfyUI's ``attention_pytorch`` does). Default when no attention function is given."""
+    b, tq, c = q.shape
+    d = c // heads
+    qh = q.reshape(b, tq, heads, d).transpose(1, 2)
+    kh = k.reshape(b, k.shape[1], heads, d).transpose(1, 2)
+    vh = v.reshape(b, v.shape[1], heads, d).transpose(1, 2)
+    out = F.scaled_dot_product_attention(qh, kh, vh)
+    return out.transpose(1, 2).reshape(b, tq, c)
+
+
+def _check_index(index: Sequence[int] | None, frames: int) -> torch.Tensor | None:
+    if index is None:
+        return None
+    idx = torch.as_tensor(list(index), dtype=torch.long)
+    if idx.ndim != 1 or idx.numel() != frames:
+        raise ValueError(f"index: expected {frames} absolute frame indices (one per frame of a chunk), "
+                         f"got {idx.numel()}")
+    return idx
+
+
+def window_bounds(frames: int, radius: int, index: Sequence[int] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped windows over frames sorted by absolute index.
+
+    Returns ``(order, lo, hi)``: ``order`` sorts the frames by absolute index (identity when
+    ``index`` is None or already sorted); in sorted positions frame ``p``'s window is
+    ``lo[p] .. hi[p]`` inclusive (all frames within ``radius`` of its absolute index).
+    """
+    if radius < 0:
+        raise ValueError(f"radius: expected an integer >= 0, got {radius}")
+    idx = _check_index(index, frames)
+    if idx is None:
+        pos = torch.arange(frames)
+        order = pos
+        t = pos
+    else:
+        t, order = torch.sort(idx, stable=True)
+    lo = torch.searchsorted(t, t - radius, right=False)
+    hi = torch.searchsorted(t, t + radius, right=True) - 1
+    return order, lo, hi
+
+
+def window_mean(x: torch.Tensor, n_chunks: int, radius: int,
+                index: Sequence[int] | None = None) -> torch.Tensor:
+    """Eq. 8 averaging: ``x`` ``[n_chunks * frames, tokens, C]`` -> same shape, each frame replaced by
+    the mean of the frames in its clipped window (same chunk only).
+
+    O(frames): one cumulative sum over the frame axis (in float32 for half inputs) and two
+    gathers; no ``[frames, window, ...]`` tensor.
+    """
+    if n_chunks < 1 or x.shape[0] % n_chunks != 0:
+        raise ValueError(f"n_chunks: expected a positive divisor of the batch ({x.shape[0]}), got {n_chunks}")
+    frames = x.shape[0] // n_chunks
+    if radius == 0 or frames == 1:
+        return x
+    order, lo, hi = window_bounds(frames, radius, index)
+    dev = x.device
+    order, lo, hi = order.to(dev), lo.to(dev), hi.to(dev)
+    identity = bool(torch.equal(order, torch.arange(frames, device=dev)))
+    acc_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    xs = x.reshape(n_chunks, frames, *x.shape[1:])
+    if not identity:
+        xs = xs.index_select(1, order)
+    # cs[:, p] = sum of sorted frames 0..p-1 (cs[:, 0] = 0): window sum = cs[hi+1] - cs[lo]
+    cs = torch.cumsum(xs.to(acc_dtype), dim=1)
+    cs = torch.cat([torch.zeros_like(cs[:, :1]), cs], dim=1)
+    total = cs.index_select(1, hi + 1)
+    total.sub_(cs.index_select(1, lo))
+    del cs
+    count = (hi - lo + 1).to(acc_dtype).view(1, frames, *([1] * (x.ndim - 1)))
+    total.div_(count)
+    if not identity:
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(frames, device=dev)
+        total = total.index_select(1, inv)
+    return total.to(x.dtype).reshape(x.shape)
+
+
+def first_frame(x: torch.Tensor, n_chunks: int, index: Sequence[int] | None = None) -> torch.Tensor:
+    """Eq. 6 reference: every frame of a chunk gets the first frame's tensor (the frame with the
+    smallest absolute index present). ``[n_chunks * frames, tokens, C]`` -> same shape."""
+    if n_chunks < 1 or x.shape[0] % n_chunks != 0:
+        raise ValueError(f"n_chunks: expected a positive divisor of the batch ({x.shape[0]}), got {n_chunks}")
+    frames = x.shape[0] // n_chunks
+    idx = _check_index(index, frames)
+    ref = 0 if idx is None else int(torch.argmin(idx))
+    xs = x.reshape(n_chunks, frames, *x.shape[1:])
+    return xs[:, ref:ref + 1].expand_as(xs).reshape(x.shape)
+
+
+def cross_frame_kv(k: torch.Tensor, v: torch.Tensor, n_chunks: int, mode: str = "sw_cfa",
+                   radius: int = 3, index: Sequence[int] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values for the chosen mode (see module docstring). Shapes are kept."""
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if k.shape[0] != v.shape[0]:
+        raise ValueError(f"k/v: expected the same batch size, got {k.shape[0]} and {v.shape[0]}")
+    if mode == "self":
+        return k, v
+    if mode == "first_frame":
+        return first_frame(k, n_chunks, index), first_frame(v, n_chunks, index)
+    return window_mean(k, n_chunks, radius, index), window_mean(v, n_chunks, radius, index)
+
+
+def sw_cfa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, n_chunks: int = 1,
+                     mode: str = "sw_cfa", radius: int = 3, index: Sequence[int] | None = None,
+                     attention: AttentionFn | None = None) -> torch.Tensor:
+    """Eq. 9: attention of each frame's queries on window-averaged keys/values.
+
+    q, k, v: ``[n_chunks * frames, tokens, heads * dim_head]`` (frames contiguous per chunk).
+    ``attention(q, k, v, heads)`` is pluggable (ComfyUI passes its ``optimized_attention``);
+    defaults to :func:`sdpa_attention`. Returns ``[n_chunks * frames, tokens, heads * dim_head]``.
+    """
+    if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
+        raise ValueError(f"q/k/v: expected [batch, tokens, channels] tensors, got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0]:
+        raise ValueError(f"q/k: expected the same batch size, got {q.shape[0]} and {k.shape[0]}")
+    attn = attention or sdpa_attention
+    kk, vv = cross_frame_kv(k, v, n_chunks, mode, radius, index)
+    if mode == "first_frame":
+        kk, vv = kk.contiguous(), vv.contiguous()
+    return attn(q, kk, vv, heads)
+
