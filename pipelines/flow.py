@@ -287,7 +287,8 @@ class FlowField:
 
         Neighbours and consecutive keyframes use the stored direct flows; other pairs are chained
         through keyframe hops where possible and neighbour steps otherwise (:func:`compose`);
-        a chained pixel is occluded if any link is, and its confidence is the product of the links'.
+        a chained pixel is occluded if any link is or its final match leaves the frame, and its
+        confidence is the product of the links'.
         """
         T = self.num_frames
         a, b = int(a), int(b)
@@ -309,6 +310,10 @@ class FlowField:
             flow = compose(fb, f.unsqueeze(0))[0]
             occ = torch.maximum(occ, (o_next >= 0.5).to(occ.dtype))
             conf = conf * c_next
+        if len(path) > 1:
+            outside = out_of_frame(flow.unsqueeze(0))[0]
+            occ = torch.maximum(occ, outside)
+            conf = conf * (1 - outside)
         return flow, occ, conf
 
     def _path(self, a: int, b: int) -> list[tuple[int, int]]:
