@@ -1,0 +1,233 @@
+"""Recurrent flow-aligned conditioning for per-frame restoration (D2-VR's motion-compensated
+conditioning from the previous frame, with a confidence mask in the spirit of its DRFA module).
+
+Frames are restored in order, one at a time. For frame ``t > 0``:
+
+1. **Flow.** The backward flow ``f_t = flow(t -> t-1)`` and the forward flow ``t-1 -> t`` are
+   measured between the *degraded* frames ``y_{t-1}, y_t`` (a given :class:`FlowField` or OpenCV
+   DIS per pair). Degraded-to-degraded flow is used (not restored-to-degraded) because both frames
+   then share the same degradation, the flow of the whole clip can be computed up front (or shared
+   with other nodes through FLOW), and restoring frame ``t`` never waits for a VAE decode.
+2. **Alignment.** The previous *restored* latent is backward-warped onto frame ``t``:
+   ``a_t = warp(z_{t-1}, f_t)`` on the latent grid (flow resampled with ``FlowField.resized``,
+   vectors scaled by ``h/H``); for the ControlNet hint the decoded previous restored frame is warped
+   the same way on the pixel grid.
+3. **Confidence** ``m_t [1,1,H,W]`` in [0,1], the product of
+   * the forward-backward check of ``f_t`` (``1 - occlusion``, Sundaram et al. 2010 thresholds), and
+   * a photometric term against the current degraded frame:
+     ``exp(-(e/tau)^2)``, ``e = mean_c |G(warp(y_{t-1}, f_t)) - G(y_t)|`` with ``G`` a Gaussian blur
+     (``blur`` px; suppresses the per-pixel noise that degraded frames do not share).
+   On the latent grid ``m`` is area-averaged.
+4. **Conditioning** with strength ``s`` in [0,1]::
+
+       x_init = m s a_t + (1 - m s) y_t^lat          (init latent of the sampler)
+       hint   = m s A_t + (1 - m s) y_t              (ControlNet hint, pixel space, when a decoder is given)
+
+   ``s = 0`` gives exactly ``x_init = y_t^lat`` and ``hint = y_t``: plain per-frame restoration.
+   Frame 0 (and every frame when ``s = 0``) is restored without alignment.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .flow import FlowField, estimate_pair, fb_check, resize_flow, resize_mask, warp
+
+log = logging.getLogger("temporal_restore")
+
+Tensor = torch.Tensor
+
+DEFAULT_TAU = 0.08
+DEFAULT_BLUR = 1.0
+
+
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of ``x [N,C,H,W]`` (reflect padding); identity when ``sigma <= 0``."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (k / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    h, w = x.shape[-2:]
+    mode = "reflect" if h > r and w > r else "replicate"
+    y = F.pad(x, (r, r, 0, 0), mode=mode)
+    y = F.conv2d(y, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    y = F.pad(y, (0, 0, r, r), mode=mode)
+    return F.conv2d(y, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def photometric_confidence(prev: Tensor, cur: Tensor, flow_bwd: Tensor, tau: float = DEFAULT_TAU,
+                           blur: float = DEFAULT_BLUR) -> Tensor:
+    """``exp(-(e/tau)^2)`` with ``e = mean_c |G(warp(prev, flow_bwd)) - G(cur)|``.
+
+    prev, cur: degraded frames ``[N,3,H,W]`` in 0..1; flow_bwd ``[N,2,H,W]`` (cur -> prev).
+    Returns ``[N,1,H,W]`` in (0, 1].
+    """
+    if tau <= 0:
+        raise ValueError(f"tau: expected a positive photometric tolerance, got {tau}")
+    warped = warp(prev, flow_bwd)
+    e = (gaussian_blur(warped, blur) - gaussian_blur(cur, blur)).abs().mean(1, keepdim=True)
+    return torch.exp(-(e / tau) ** 2)
+
+
+def alignment_confidence(prev: Tensor, cur: Tensor, flow_bwd: Tensor, occlusion_bwd: Optional[Tensor] = None,
+                         flow_fwd: Optional[Tensor] = None, tau: float = DEFAULT_TAU,
+                         blur: float = DEFAULT_BLUR) -> Tensor:
+    """Confidence ``[N,1,H,W]`` that ``warp(prev, flow_bwd)`` is a valid prediction of ``cur``.
+
+    ``(1 - occlusion_bwd) * photometric_confidence``; the occlusion of the pixels of ``cur`` is taken
+    from ``occlusion_bwd [N,1,H,W]`` when given, else computed with ``fb_check(flow_bwd, flow_fwd)``
+    (``flow_fwd`` = prev -> cur); with neither only the photometric term is used.
+    """
+    for name, t in (("prev", prev), ("cur", cur)):
+        if t.ndim != 4:
+            raise ValueError(f"{name}: expected frames [N,C,H,W], got {tuple(t.shape)}")
+    if prev.shape != cur.shape:
+        raise ValueError(f"prev/cur: frames must have the same shape, got {tuple(prev.shape)} and {tuple(cur.shape)}")
+    m = photometric_confidence(prev, cur, flow_bwd, tau, blur)
+    if occlusion_bwd is None and flow_fwd is not None:
+        occlusion_bwd = fb_check(flow_bwd, flow_fwd)
+    if occlusion_bwd is not None:
+        m = m * (1.0 - occlusion_bwd.to(m.dtype).clamp(0, 1))
+    return m
+
+
+def blend(degraded: Tensor, aligned: Tensor, mask: Tensor, strength: float) -> Tensor:
+    """``m s aligned + (1 - m s) degraded``; returns ``degraded`` itself when ``s == 0``.
+
+    degraded, aligned ``[N,C,h,w]``; mask ``[N,1,h,w]`` (resampled by area if on another grid).
+    """
+    s = check_strength(strength)
+    if s == 0.0:
+        return degraded
+    if mask.shape[-2:] != degraded.shape[-2:]:
+        mask = F.interpolate(mask.float(), size=degraded.shape[-2:], mode="area")
+    w = (mask.to(degraded.dtype) * s)
+    return w * aligned.to(degraded.dtype) + (1.0 - w) * degraded
+
+
+def check_strength(strength: float) -> float:
+    s = float(strength)
+    if not 0.0 <= s <= 1.0 or math.isnan(s):
+        raise ValueError(f"strength: expected a value in [0, 1], got {strength!r}")
+    return s
+
+
+def _chw(img: Tensor) -> Tensor:
+    """``[H,W,3]`` -> ``[1,3,H,W]`` float."""
+    return img.permute(2, 0, 1).unsqueeze(0).float()
+
+
+class PairFlows:
+    """Backward flow (t -> t-1) and the occlusion of frame t's pixels, for t = 1..T-1.
+
+    From a :class:`FlowField` of the clip (``flow.backward[t-1]``, ``flow.occlusion_bwd[t-1]``,
+    resampled to the frame grid) or, without one, estimated per pair with OpenCV DIS (memory stays
+    O(one frame) on long clips).
+    """
+
+    def __init__(self, images: Tensor, flow: Optional[FlowField] = None, frame_index: Optional[Sequence[int]] = None):
+        self.images = images
+        self.H, self.W = int(images.shape[1]), int(images.shape[2])
+        self.flow = flow
+        self.index = None
+        if flow is not None:
+            idx = list(range(images.shape[0])) if frame_index is None else [int(i) for i in frame_index]
+            if flow.num_frames == images.shape[0]:
+                self.index = list(range(images.shape[0]))
+            elif idx and idx[-1] < flow.num_frames:
+                self.index = idx  # a FLOW of the whole clip, frames = a window of it
+            else:
+                raise ValueError(f"flow: FLOW covers {flow.num_frames} frames, the clip has {images.shape[0]} "
+                                 f"(frame indices {idx[:3]}...)")
+
+    def __call__(self, t: int) -> tuple[Tensor, Tensor]:
+        """``(flow_bwd [1,2,H,W], occlusion [1,1,H,W])`` on the frame grid, for frame ``t`` -> ``t-1``."""
+        if self.flow is None:
+            bwd = estimate_pair(self.images[t], self.images[t - 1])[None]
+            fwd = estimate_pair(self.images[t - 1], self.images[t])[None]
+            return bwd, fb_check(bwd, fwd)
+        a, b = self.index[t], self.index[t - 1]
+        f, occ, _ = self.flow.between(a, b)
+        f, occ = f[None].float(), occ[None].float()
+        if (self.flow.height, self.flow.width) != (self.H, self.W):
+            f = resize_flow(f, self.H, self.W)
+            occ = resize_mask(occ, self.H, self.W, 0.25)
+        return f, occ
+
+
+def recurrent_restore(latents: Tensor, images: Tensor, restore: Callable[[int, Tensor, Optional[Tensor]], Tensor],
+                      strength: float, flow: Optional[FlowField] = None, frame_index: Optional[Sequence[int]] = None,
+                      tau: float = DEFAULT_TAU, blur: float = DEFAULT_BLUR,
+                      decode: Optional[Callable[[Tensor], Tensor]] = None,
+                      on_frame: Optional[Callable[[int], None]] = None) -> tuple[Tensor, Tensor]:
+    """Restore ``latents [T,C,h,w]`` frame by frame, each conditioned on the aligned previous result.
+
+    images: degraded frames ``[T,H,W,3]`` in 0..1 (flow + photometric check + hint).
+    restore(t, x_init [1,C,h,w], hint [1,H,W,3] or None) -> restored latent ``[1,C,h,w]``.
+    decode: restored latent ``[1,C,h,w]`` -> image ``[1,H,W,3]``; when given, a ControlNet hint is
+    built (``m s warp(decode(z_{t-1})) + (1 - m s) y_t``), else ``hint`` is None.
+    frame_index: absolute indices of the frames (a window of a longer clip) used to read ``flow``.
+    on_frame(t) is called after each frame (progress / interruption).
+    Returns ``(restored [T,C,h,w], confidence [T,1,H,W])`` (confidence 0 for frame 0 and when s = 0).
+    """
+    s = check_strength(strength)
+    if latents.ndim != 4:
+        raise ValueError(f"latent: expected [T,C,h,w], got {tuple(latents.shape)}")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images: expected degraded frames [T,H,W,3], got {tuple(images.shape)}")
+    if images.shape[0] != latents.shape[0]:
+        raise ValueError(f"images: expected {latents.shape[0]} frames (one per latent), got {images.shape[0]}")
+    T = latents.shape[0]
+    h, w = latents.shape[-2:]
+    H, W = images.shape[1:3]
+    pairs = PairFlows(images, flow, frame_index) if s > 0 and T > 1 else None
+    out = torch.empty_like(latents)
+    conf = torch.zeros(T, 1, H, W)
+    prev_img = None
+    for t in range(T):
+        y_lat = latents[t:t + 1]
+        y_img = images[t:t + 1]
+        hint = y_img if decode is not None else None
+        x_init = y_lat
+        if t > 0 and s > 0:
+            f_bwd, occ = pairs(t)
+            m = alignment_confidence(_chw(images[t - 1]), _chw(images[t]), f_bwd, occlusion_bwd=occ, tau=tau, blur=blur)
+            conf[t] = m[0]
+            f_lat = resize_flow(f_bwd, h, w)
+            aligned = warp(out[t - 1:t].float(), f_lat).to(latents.dtype)
+            x_init = blend(y_lat, aligned, m, s)
+            if decode is not None:
+                a_img = warp(_chw(prev_img[0]), f_bwd)
+                hint = blend(_chw(images[t]), a_img, m, s).permute(0, 2, 3, 1).to(images.dtype)
+        z = restore(t, x_init, hint)
+        if z.shape != y_lat.shape:
+            raise ValueError(f"restore: expected a restored latent {tuple(y_lat.shape)}, got {tuple(z.shape)}")
+        out[t:t + 1] = z.to(out.dtype)
+        if decode is not None and s > 0 and t + 1 < T:
+            prev_img = decode(out[t:t + 1])
+            if prev_img.shape[1:3] != (H, W):
+                prev_img = F.interpolate(prev_img.permute(0, 3, 1, 2).float(), size=(H, W), mode="bilinear",
+                                         align_corners=False).permute(0, 2, 3, 1)
+        if on_frame is not None:
+            on_frame(t)
+    return out, conf
+
+
+def warping_error(frames: Tensor, flow: FlowField, mask_occluded: bool = True) -> float:
+    """Mean ``|warp(x_{t}, f(t+1 -> t)) - x_{t+1}|`` over non-occluded pixels of ``frames [T,H,W,3]``
+    (the temporal-consistency metric E_warp), flow measured on the degraded / reference clip."""
+    fl = flow.resized(frames.shape[1], frames.shape[2])
+    x = frames.permute(0, 3, 1, 2).float()
+    warped = warp(x[:-1], fl.backward.float())
+    err = (warped - x[1:]).abs().mean(1, keepdim=True)
+    if not mask_occluded:
+        return float(err.mean())
+    m = 1.0 - fl.occlusion_bwd.float()
+    return float((err * m).sum() / m.sum().clamp_min(1))

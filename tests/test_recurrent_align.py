@@ -1,0 +1,191 @@
+"""Recurrent flow-aligned conditioning: confidence mask, blending, the recurrent loop (pure parts)."""
+import pytest
+import torch
+
+from temporal_restore.pipelines import flow as FL
+from temporal_restore.pipelines import recurrent_align as RA
+
+
+def _texture(h=48, w=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 3, h // 4, w // 4, generator=g)
+    x = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+    return x[0].permute(1, 2, 0)  # [H,W,3]
+
+
+def _field(bwd, fwd):
+    """FlowField from lists of backward (t+1->t) and forward (t->t+1) flows [2,H,W]."""
+    b, f = torch.stack(bwd), torch.stack(fwd)
+    return FL.FlowField(forward=f, backward=b, occlusion_fwd=FL.fb_check(f, b), occlusion_bwd=FL.fb_check(b, f),
+                        confidence_fwd=FL.fb_confidence(f, b), confidence_bwd=FL.fb_confidence(b, f),
+                        height=f.shape[-2], width=f.shape[-1])
+
+
+def _moving_square(h=48, w=64, x0=16, shift=6, size=14):
+    """Static textured background, a flat square moving right by ``shift`` px. Returns frames
+    [2,H,W,3], the true backward flow (1 -> 0) and forward flow (0 -> 1), and the revealed region."""
+    bg = _texture(h, w, 1)
+    f0, f1 = bg.clone(), bg.clone()
+    y0 = 17
+    f0[y0:y0 + size, x0:x0 + size] = torch.tensor([1.0, 0.1, 0.1])
+    f1[y0:y0 + size, x0 + shift:x0 + shift + size] = torch.tensor([1.0, 0.1, 0.1])
+    bwd = torch.zeros(2, h, w)
+    bwd[0, y0:y0 + size, x0 + shift:x0 + shift + size] = -shift
+    fwd = torch.zeros(2, h, w)
+    fwd[0, y0:y0 + size, x0:x0 + size] = shift
+    revealed = torch.zeros(h, w, dtype=torch.bool)
+    revealed[y0:y0 + size, x0:x0 + shift] = True
+    return torch.stack([f0, f1]), bwd, fwd, revealed
+
+
+def _chw(img):
+    return img.permute(2, 0, 1)[None]
+
+
+# ---------------------------------------------------------------- confidence mask
+
+def test_static_clip_confidence_is_one_with_estimated_flow():
+    img = _texture()
+    noisy = [(img + 0.02 * torch.randn(img.shape, generator=torch.Generator().manual_seed(s))).clamp(0, 1)
+             for s in (1, 2)]
+    bwd = FL.estimate_pair(noisy[1], noisy[0])[None]
+    fwd = FL.estimate_pair(noisy[0], noisy[1])[None]
+    m = RA.alignment_confidence(_chw(noisy[0]), _chw(noisy[1]), bwd, flow_fwd=fwd)
+    assert m.shape == (1, 1, 48, 64)
+    assert m.mean() > 0.95 and m.min() >= 0 and m.max() <= 1
+
+
+def test_disocclusion_drops_confidence_there():
+    frames, bwd, fwd, revealed = _moving_square()
+    prev, cur = _chw(frames[0]), _chw(frames[1])
+    both = RA.alignment_confidence(prev, cur, bwd[None], flow_fwd=fwd[None])[0, 0]
+    photo = RA.alignment_confidence(prev, cur, bwd[None])[0, 0]
+    occ = FL.fb_check(bwd[None], fwd[None])[0, 0]
+    far = torch.zeros_like(revealed)
+    far[:, 40:] = True  # static background well away from the square
+    for m in (both, photo):
+        assert m[revealed].mean() < 0.2
+        assert m[far].mean() > 0.95
+    assert occ[revealed].mean() > 0.9  # the fb check alone flags the revealed pixels
+    assert (both <= photo + 1e-6).all()
+
+
+def test_disocclusion_with_estimated_flow():
+    frames, _, _, revealed = _moving_square()
+    bwd = FL.estimate_pair(frames[1], frames[0])[None]
+    fwd = FL.estimate_pair(frames[0], frames[1])[None]
+    m = RA.alignment_confidence(_chw(frames[0]), _chw(frames[1]), bwd, flow_fwd=fwd)[0, 0]
+    assert m[revealed].mean() < 0.5 * m[~revealed].mean()
+
+
+def test_blend_formula_and_strength_zero_identity():
+    d, a = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    m = torch.rand(2, 1, 6, 6)
+    assert RA.blend(d, a, m, 0.0) is d
+    torch.testing.assert_close(RA.blend(d, a, m, 0.7), 0.7 * m * a + (1 - 0.7 * m) * d)
+    big = torch.rand(2, 1, 12, 12)  # mask on the pixel grid is area-averaged to the latent grid
+    torch.testing.assert_close(RA.blend(d, a, big, 1.0), RA.blend(d, a, torch.nn.functional.avg_pool2d(big, 2), 1.0))
+    with pytest.raises(ValueError, match="strength"):
+        RA.blend(d, a, m, 1.5)
+
+
+# ---------------------------------------------------------------- recurrent loop
+
+def _shift_clip(T=4, shift=2):
+    base = _texture(32, 48, 3)
+    frames = torch.stack([torch.roll(base, shifts=shift * t, dims=1) for t in range(T)])
+    bwd = torch.zeros(2, 32, 48)
+    bwd[0] = -shift
+    fwd = -bwd
+    return frames, _field([bwd] * (T - 1), [fwd] * (T - 1))
+
+
+def test_strength_zero_restores_each_frame_from_its_own_latent():
+    frames, flow = _shift_clip()
+    lat = torch.randn(4, 4, 4, 6)
+    seen = []
+
+    def restore(t, x, hint):
+        seen.append((t, x.clone(), None if hint is None else hint.clone()))
+        return x * 2 + t
+
+    out, conf = RA.recurrent_restore(lat, frames, restore, 0.0, flow=flow, decode=lambda z: 1 / 0)
+    assert [s[0] for s in seen] == [0, 1, 2, 3]
+    for t, x, hint in seen:
+        assert torch.equal(x, lat[t:t + 1])
+        assert torch.equal(hint, frames[t:t + 1])
+    torch.testing.assert_close(out, lat * 2 + torch.arange(4).view(4, 1, 1, 1))
+    assert conf.abs().sum() == 0
+
+
+def test_static_clip_full_strength_carries_previous_result():
+    img = _texture(32, 48)
+    frames = img.expand(3, -1, -1, -1).clone()
+    zero = torch.zeros(2, 32, 48)
+    flow = _field([zero, zero], [zero, zero])
+    lat = torch.randn(3, 4, 4, 6)
+    out, conf = RA.recurrent_restore(lat, frames, lambda t, x, h: x + 1, 1.0, flow=flow)
+    assert torch.allclose(conf[1:], torch.ones_like(conf[1:]))
+    for t in range(3):  # x_init of frame t is the previous restored latent (mask 1, strength 1)
+        torch.testing.assert_close(out[t], lat[0] + t + 1)
+
+
+def test_alignment_follows_motion():
+    frames, flow = _shift_clip(T=3, shift=2)
+    lat = frames.permute(0, 3, 1, 2).clone()  # latent grid == pixel grid: the warp is exact
+    lat[1:] = 0.0  # degraded latents carry nothing: frames 1.. come only from alignment
+    out, conf = RA.recurrent_restore(lat, frames, lambda t, x, h: x, 1.0, flow=flow)
+    assert conf[1:, :, :, 8:40].mean() > 0.99
+    torch.testing.assert_close(out[2][:, :, 8:40], frames[2].permute(2, 0, 1)[:, :, 8:40], atol=1e-4, rtol=0)
+    assert (out[1][:, :, 8:40] - frames[0].permute(2, 0, 1)[:, :, 8:40]).abs().max() > 0.05  # it did move
+
+
+def test_hint_is_aligned_decoded_previous_frame():
+    img = _texture(32, 48)
+    frames = img.expand(2, -1, -1, -1).clone()
+    zero = torch.zeros(2, 32, 48)
+    flow = _field([zero], [zero])
+    target = torch.full((1, 32, 48, 3), 0.25)
+    hints = []
+    RA.recurrent_restore(torch.zeros(2, 4, 4, 6), frames, lambda t, x, h: hints.append(h) or x, 0.5,
+                         flow=flow, decode=lambda z: target)
+    assert torch.equal(hints[0], frames[:1])
+    torch.testing.assert_close(hints[1], 0.5 * target + 0.5 * frames[1:2])
+
+
+def test_window_frame_index_reads_the_clip_flow():
+    frames, flow = _shift_clip(T=6, shift=1)
+    frames[4:] = frames[4:].flip(1)  # make later pairs different so a wrong index shows
+    lat = torch.randn(6, 4, 4, 6)
+    win = [2, 3, 4]
+    restore = lambda t, x, h: x + 0.5  # noqa: E731
+    a, ca = RA.recurrent_restore(lat[win], frames[win], restore, 0.8, flow=flow, frame_index=win)
+    b, cb = RA.recurrent_restore(lat[win], frames[win], restore, 0.8, flow=flow.select(win))
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ca, cb)
+    with pytest.raises(ValueError, match="flow"):
+        RA.recurrent_restore(lat[win], frames[win], restore, 0.8, flow=flow, frame_index=[4, 5, 6])
+
+
+def test_estimated_flow_when_none_given():
+    frames, _ = _shift_clip(T=3, shift=2)
+    lat = torch.randn(3, 4, 4, 6)
+    out, conf = RA.recurrent_restore(lat, frames, lambda t, x, h: x, 0.5)
+    assert out.shape == lat.shape and torch.isfinite(out).all()
+    assert conf[1:, :, 4:-4, 8:-8].mean() > 0.8
+
+
+@pytest.mark.parametrize("kw,name", [(dict(strength=-0.1), "strength"), (dict(images=torch.zeros(2, 8, 8, 3)), "images"),
+                                     (dict(latents=torch.zeros(3, 4, 4)), "latent")])
+def test_bad_inputs_raise(kw, name):
+    args = dict(latents=torch.zeros(3, 4, 1, 1), images=torch.zeros(3, 8, 8, 3), strength=0.5) | kw
+    with pytest.raises(ValueError, match=name):
+        RA.recurrent_restore(args["latents"], args["images"], lambda t, x, h: x, args["strength"])
+
+
+def test_warping_error_zero_for_consistent_clip():
+    frames, flow = _shift_clip(T=3, shift=2)
+    e_good = RA.warping_error(frames, flow)
+    flick = frames.clone()
+    flick[1] = flick[1] * 0.7
+    assert e_good < 0.02 and RA.warping_error(flick, flow) > 5 * max(e_good, 1e-3)
