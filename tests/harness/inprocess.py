@@ -39,6 +39,9 @@ class ComfyHost:
         args.disable_api_nodes = True
         args.database_url = "sqlite:///:memory:"
         import comfy.model_management  # noqa: F401
+        # nodes.py puts ComfyUI/comfy first on sys.path; main.py imports the `utils` package before that
+        # so comfy/utils.py cannot take its name. Do the same.
+        import utils.install_util  # noqa: F401
         import execution
         import folder_paths
         import nodes
@@ -48,9 +51,10 @@ class ComfyHost:
         self.nodes = nodes
         self.execution = execution
         self.server = _StubServer()
-        self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC)
-        if not any(n.startswith("TR_") for n in nodes.NODE_CLASS_MAPPINGS):
-            raise RuntimeError("the temporal_restore pack did not load: no TR_ node registered")
+        self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC,
+                                                   cache_args={"lru": 0, "ram": 0})
+        if paths.PACK_LINK_NAME not in nodes.LOADED_MODULE_DIRS:
+            raise RuntimeError(f"the temporal_restore pack did not load from {base}/custom_nodes")
 
     def node(self, node_id: str):
         return self.nodes.NODE_CLASS_MAPPINGS[node_id]
@@ -62,19 +66,30 @@ class ComfyHost:
         """Validate and execute an API-format prompt. Returns {"ui": history outputs, "outputs": {id: tuple}}
         where ``outputs`` holds the cached Python outputs of the requested node ids. Raises on failure with
         ComfyUI's own error text."""
+        outputs = list(outputs or [])
         valid = self.validate(prompt)
-        if not valid[0]:
+        if not valid[0] and not (valid[1].get("type") == "prompt_no_outputs" and outputs):
             raise PromptError(f"prompt invalid: {valid[1]} {valid[3]}", valid)
+        targets = list(valid[2]) if valid[0] else []
+        validated: dict = {}
+        for nid in outputs:  # non-output nodes asked for by the test: validate them the same way
+            ok, reasons, *_ = asyncio.run(self.execution.validate_inputs("harness", prompt, nid, validated))
+            if not ok:
+                raise PromptError(f"node {nid} invalid: {reasons}", reasons)
+            if nid not in targets:
+                targets.append(nid)
         pid = str(uuid.uuid4())
         self.server.messages.clear()
-        self.executor.execute(prompt, pid, {}, valid[2])
+        self.executor.execute(prompt, pid, {}, targets)
         if not self.executor.success:
             errors = [d for e, d in self.executor.status_messages if e == "execution_error"]
             raise PromptError(f"execution failed: {errors}", errors)
         result = {"ui": self.executor.history_result.get("outputs", {}), "outputs": {}}
         for nid in outputs or []:
             cached = self.executor.caches.outputs.get(nid)
-            result["outputs"][nid] = None if cached is None else cached.outputs
+            # ComfyUI stores each output slot as a list (list-batched execution); unwrap the usual single item
+            result["outputs"][nid] = None if cached is None else tuple(
+                o[0] if isinstance(o, list) and len(o) == 1 else o for o in cached.outputs)
         return result
 
 
