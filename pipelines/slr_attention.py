@@ -1,0 +1,438 @@
+"""SLR temporal attention (ZVRD §"SLR Temporal Attention", Eq. 4-7, Table 5 SLTA).
+
+Replaces the self-attention (attn1) of the UNet *decoder* blocks with two stages:
+
+1. **Cross-neighbour-frame attention (Eq. 5).** Frame ``i`` keeps its query and attends to the
+   keys/values of frames ``i-1`` and ``i+1`` concatenated along the tokens:
+   ``out_i = softmax(Q_i [K_{i-1} || K_{i+1}]^T / sqrt(d)) [V_{i-1} || V_{i+1}]``.
+   A missing neighbour (clip or window end, or a gap in the absolute frame indices) is replaced by
+   the frame itself, so a single frame, or identical frames, give exactly stock self-attention.
+2. **Self-corrected trajectory attention (Eq. 6-7)**, only at the largest decoder attention
+   resolution and only once the sampling progress reaches ``trajectory_start`` (``T_TA`` as a
+   fraction of the schedule, see :mod:`.early_stop` for the progress convention). The output
+   ``Q^`` of stage 1 is the query; the keys/values are ``K, V`` of the same token's trajectory in
+   every *other* frame of the chunk (``[Traj - p]``):
+   ``out_i(p) = softmax(Q^_i(p) K[Traj_i(p) - p]^T / sqrt(d)) V[Traj_i(p) - p]``.
+
+Trajectories. For every pair of neighbouring frames (``i -> i-1`` and ``i -> i+1``) each token
+``p`` gets one integer displacement, chosen per token among candidates by the lowest *warp error*
+of its patch of the x0 estimate (the paper's 8x8 image patch per token, here a
+``(2 * patch_radius + 1)^2`` patch of the x0 preview at token resolution, which for SD1.5's largest
+decoder attention is one latent pixel = 8x8 image pixels per token):
+
+* flow-based: optical flow computed on the x0 estimate of the *previous* step (see
+  :func:`preview_flow`), and/or the FLOW of the input frames if given;
+* similarity-based (Eq. 6): ``argmax_q cos(F_i(p), F_j(q))`` on this layer's keys, searched in a
+  ``(2 * search_radius + 1)^2`` neighbourhood of ``p`` (a full-frame search is ``O(N^2)`` per pair;
+  the local window keeps it ``O(N)``);
+* historically best: the displacement chosen at the previous step.
+
+The chosen displacements become the "historically best" candidates of the next step. A token's
+trajectory over the whole chunk chains the chosen neighbour displacements (``i -> i-1 -> i-2 ...``
+and ``i -> i+1 -> ...``).
+
+x0 to RGB for flow and warp error: the x0 estimate (latent, in the model's sampling space) is
+mapped to an RGB preview with the model's linear latent-to-RGB factors (``latent_rgb_factors`` of
+ComfyUI's latent formats, the ones its live previews use; SD1.5's are the default here),
+``rgb = (x0 . factors + bias + 1) / 2`` clamped to ``[0, 1]``, at latent resolution. It costs one
+``C x 3`` matrix product instead of a VAE decode. For the flow the preview is upsampled to at least
+64 pixels on its short side (DIS needs some image to work on), estimated with OpenCV DIS and the
+flow resampled back to the token grid.
+
+Tensor layout: ``q, k, v [F, N, H*D]`` for ONE chunk (cond or uncond) of ``F`` frames and
+``N = h * w`` tokens; the node side splits the CFG batch into chunks.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Hashable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .early_stop import schedule_progress  # noqa: F401  (re-exported for the node side)
+from .flow import FlowField, estimate_flow
+from .sw_cfa import sdpa_attention
+
+log = logging.getLogger("temporal_restore")
+
+Tensor = torch.Tensor
+AttentionFn = Callable[[Tensor, Tensor, Tensor, int], Tensor]
+
+#: SD1.5 latent -> RGB preview factors ``[4, 3]`` (as published in ComfyUI's ``latent_formats.SD15``).
+SD15_RGB_FACTORS = ((0.3512, 0.2297, 0.3227),
+                    (0.3250, 0.4974, 0.2350),
+                    (-0.2829, 0.1762, 0.2721),
+                    (-0.2120, -0.2616, -0.7177))
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: cross-neighbour-frame attention (Eq. 5)
+# --------------------------------------------------------------------------------------------
+
+def neighbour_positions(frame_index: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Batch positions of each frame's previous and next frame (by absolute index); a frame whose
+    neighbour is not in the batch gets its own position."""
+    idx = [int(i) for i in frame_index]
+    where = {f: j for j, f in enumerate(idx)}
+    if len(where) != len(idx):
+        raise ValueError(f"frame_index: expected unique absolute frame indices, got {idx}")
+    prev = [where.get(f - 1, j) for j, f in enumerate(idx)]
+    nxt = [where.get(f + 1, j) for j, f in enumerate(idx)]
+    return prev, nxt
+
+
+def cross_neighbour_attention(q: Tensor, k: Tensor, v: Tensor, heads: int,
+                              frame_index: Optional[Sequence[int]] = None,
+                              attention: Optional[AttentionFn] = None) -> Tensor:
+    """Eq. 5 for one chunk: ``q, k, v [F, N, H*D] -> [F, N, H*D]``."""
+    if q.ndim != 3 or k.shape != v.shape or k.shape[0] != q.shape[0]:
+        raise ValueError(f"q/k/v: expected [frames, tokens, dim] of one chunk, got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    frames = q.shape[0]
+    idx = list(range(frames)) if frame_index is None else list(frame_index)
+    if len(idx) != frames:
+        raise ValueError(f"frame_index: expected {frames} indices, got {len(idx)}")
+    prev, nxt = neighbour_positions(idx)
+    kn = torch.cat([k[prev], k[nxt]], dim=1)
+    vn = torch.cat([v[prev], v[nxt]], dim=1)
+    return (attention or sdpa_attention)(q, kn, vn, heads)
+
+
+# --------------------------------------------------------------------------------------------
+# x0 preview and its flow
+# --------------------------------------------------------------------------------------------
+
+def latent_to_rgb(x0: Tensor, factors=None, bias=None) -> Tensor:
+    """Linear latent -> RGB preview: ``x0 [T,C,h,w] -> [T,3,h,w]`` in ``[0,1]`` (float32)."""
+    if x0.ndim != 4:
+        raise ValueError(f"x0: expected a latent batch [frames,C,h,w], got {tuple(x0.shape)}")
+    fac = torch.as_tensor(SD15_RGB_FACTORS if factors is None else factors, dtype=torch.float32,
+                          device=x0.device)
+    if fac.ndim != 2 or fac.shape != (x0.shape[1], 3):
+        raise ValueError(f"factors: expected latent-to-RGB factors [{x0.shape[1]},3], got {tuple(fac.shape)}")
+    rgb = torch.einsum("tchw,cr->trhw", x0.float(), fac)
+    if bias is not None:
+        rgb = rgb + torch.as_tensor(bias, dtype=torch.float32, device=x0.device).view(1, 3, 1, 1)
+    return ((rgb + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+def preview_flow(rgb: Tensor, min_side: int = 64, preset: str = "ultrafast") -> FlowField:
+    """Optical flow of a preview clip ``rgb [T,3,h,w]`` (0..1), returned on the ``h x w`` grid.
+
+    The preview is upsampled by an integer factor to at least ``min_side`` pixels on its short side,
+    DIS flow + forward-backward check are computed there (:func:`.flow.estimate_flow`), and the
+    result is resampled to ``h x w`` (vectors scaled)."""
+    T, _, h, w = rgb.shape
+    s = max(1, math.ceil(min_side / max(1, min(h, w))))
+    big = F.interpolate(rgb.float().cpu(), scale_factor=s, mode="bilinear", align_corners=False) if s > 1 else rgb.float().cpu()
+    return estimate_flow(big.permute(0, 2, 3, 1).contiguous(), preset=preset, out_size=(h, w))
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: self-corrected trajectories (Eq. 6) and trajectory attention (Eq. 7)
+# --------------------------------------------------------------------------------------------
+
+def _grid(h: int, w: int, device) -> tuple[Tensor, Tensor]:
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    return xs, ys
+
+
+def round_displacement(flow: Tensor) -> Tensor:
+    """Float displacements ``[P,2,h,w]`` -> integer token displacements that stay inside the frame."""
+    P, _, h, w = flow.shape
+    xs, ys = _grid(h, w, flow.device)
+    tx = (xs + torch.round(flow[:, 0])).clamp(0, w - 1)
+    ty = (ys + torch.round(flow[:, 1])).clamp(0, h - 1)
+    return torch.stack([tx - xs, ty - ys], 1).long()
+
+
+def _flat_target(disp: Tensor, ox: int = 0, oy: int = 0) -> Tensor:
+    """Flat token index ``[P, h*w]`` of ``p + (ox, oy) + disp(p)`` clamped to the frame."""
+    P, _, h, w = disp.shape
+    xs, ys = _grid(h, w, disp.device)
+    tx = (xs + ox + disp[:, 0]).clamp(0, w - 1)
+    ty = (ys + oy + disp[:, 1]).clamp(0, h - 1)
+    return (ty * w + tx).reshape(P, h * w)
+
+
+def similarity_displacement(src: Tensor, tgt: Tensor, h: int, w: int, radius: int) -> Tensor:
+    """Eq. 6 similarity-based match: for each token ``p`` of ``src [P,N,C]`` the displacement to the
+    most cosine-similar token of ``tgt [P,N,C]`` within ``radius`` tokens. Returns ``[P,2,h,w]`` long.
+    Ties go to the smallest displacement (zero first)."""
+    P, N, C = src.shape
+    if N != h * w:
+        raise ValueError(f"features: expected {h}x{w}={h * w} tokens, got {N}")
+    s = F.normalize(src.float(), dim=-1)
+    t = F.normalize(tgt.float(), dim=-1)
+    offsets = sorted(((dx, dy) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)),
+                     key=lambda o: (o[0] ** 2 + o[1] ** 2, o))
+    zero = torch.zeros(P, 2, h, w, dtype=torch.long, device=src.device)
+    best = torch.full((P, N), -float("inf"), device=src.device)
+    best_o = torch.zeros(P, N, dtype=torch.long, device=src.device)
+    for n, (dx, dy) in enumerate(offsets):
+        idx = _flat_target(zero[:1], dx, dy)[0]  # [N]
+        sim = (s * t[:, idx]).sum(-1)  # [P,N]
+        better = sim > best
+        best = torch.where(better, sim, best)
+        best_o = torch.where(better, torch.full_like(best_o, n), best_o)
+    off = torch.tensor(offsets, dtype=torch.long, device=src.device)  # [K,2]
+    d = off[best_o]  # [P,N,2]
+    disp = d.permute(0, 2, 1).reshape(P, 2, h, w)
+    return round_displacement(disp.float())  # clamp into the frame
+
+
+def warp_error(src: Tensor, tgt: Tensor, disp: Tensor, patch_radius: int = 1) -> Tensor:
+    """Mean absolute patch error ``[P,h,w]`` of matching each token ``p`` of ``src [P,C,h,w]`` to
+    ``p + disp(p)`` in ``tgt [P,C,h,w]``: the ``(2r+1)^2`` patch around ``p`` is compared with the patch
+    around its match, both shifted by the same displacement (border-clamped)."""
+    P, C, h, w = src.shape
+    s = src.reshape(P, C, h * w)
+    t = tgt.reshape(P, C, h * w)
+    zero = torch.zeros_like(disp)
+    err = src.new_zeros(P, h * w)
+    n = 0
+    for oy in range(-patch_radius, patch_radius + 1):
+        for ox in range(-patch_radius, patch_radius + 1):
+            i_s = _flat_target(zero, ox, oy).unsqueeze(1).expand(P, C, h * w)
+            i_t = _flat_target(disp, ox, oy).unsqueeze(1).expand(P, C, h * w)
+            err = err + (s.gather(2, i_s) - t.gather(2, i_t)).abs().mean(1)
+            n += 1
+    return (err / n).reshape(P, h, w)
+
+
+def choose_displacement(src: Tensor, tgt: Tensor, candidates: Sequence[Tensor], patch_radius: int = 1
+                        ) -> tuple[Tensor, Tensor]:
+    """Per token, the candidate displacement (each ``[P,2,h,w]`` long) with the lowest
+    :func:`warp_error` on the x0 previews ``src``/``tgt [P,C,h,w]``. Ties go to the earlier candidate.
+    Returns ``(best [P,2,h,w], which [P,h,w])`` (index into ``candidates``)."""
+    if not candidates:
+        raise ValueError("candidates: expected at least one candidate displacement")
+    errs = torch.stack([warp_error(src, tgt, c, patch_radius) for c in candidates])  # [K,P,h,w]
+    which = errs.argmin(0)
+    stack = torch.stack(candidates)  # [K,P,2,h,w]
+    best = stack.gather(0, which[None, :, None].expand(1, *stack.shape[1:]))[0]
+    return best, which
+
+
+def chain_trajectories(back: Tensor, fwd: Tensor) -> Tensor:
+    """Token trajectories over a chunk of ``T`` frames.
+
+    ``back [T-1, N]``: flat index in frame ``i`` of the match of token ``p`` of frame ``i+1``
+    (the ``i+1 -> i`` step); ``fwd [T-1, N]``: index in frame ``i+1`` of the match of token ``p``
+    of frame ``i``. Returns ``traj [T, T, N]`` long: ``traj[i, j, p]`` = position in frame ``j`` of the
+    trajectory through token ``p`` of frame ``i`` (``traj[i, i] = p``)."""
+    T = back.shape[0] + 1
+    N = back.shape[1] if T > 1 else fwd.shape[-1]
+    ar = torch.arange(N, device=back.device)
+    traj = ar.repeat(T, T, 1)
+    for i in range(T):
+        for j in range(i - 1, -1, -1):
+            traj[i, j] = back[j][traj[i, j + 1]]
+        for j in range(i + 1, T):
+            traj[i, j] = fwd[j - 1][traj[i, j - 1]]
+    return traj
+
+
+def trajectory_attention(qhat: Tensor, k: Tensor, v: Tensor, traj: Tensor, heads: int) -> Tensor:
+    """Eq. 7 for one chunk: ``qhat, k, v [T,N,H*D]``, ``traj [T,T,N]`` -> ``[T,N,H*D]``.
+
+    Token ``p`` of frame ``i`` attends to ``K, V`` at its trajectory positions in the other ``T-1``
+    frames. ``T == 1`` returns ``qhat``."""
+    T, N, Cd = qhat.shape
+    if T == 1:
+        return qhat
+    d = Cd // heads
+    out = torch.empty_like(qhat)
+    scale = 1.0 / math.sqrt(d)
+    for i in range(T):
+        others = torch.tensor([j for j in range(T) if j != i], device=qhat.device)
+        pos = traj[i, others]  # [T-1, N]
+        kt = k[others[:, None], pos]  # [T-1, N, Cd]
+        vt = v[others[:, None], pos]
+        qh = qhat[i].reshape(N, heads, d).float()
+        kh = kt.reshape(T - 1, N, heads, d).float()
+        vh = vt.reshape(T - 1, N, heads, d).float()
+        w = torch.einsum("nhd,mnhd->nhm", qh, kh).mul_(scale).softmax(-1)
+        out[i] = torch.einsum("nhm,mnhd->nhd", w, vh).reshape(N, Cd).to(qhat.dtype)
+    return out
+
+
+class TrajectoryTracker:
+    """Self-corrected trajectory selection with a per-key memory of the previous best choice.
+
+    ``select(feats, x0_rgb, flows, key)``:
+        feats ``[T,N,C]`` (this layer's keys of one chunk), x0_rgb ``[T,3,h,w]`` preview of the
+        previous step's x0 on the token grid, ``flows``: list of :class:`FlowField` of the ``T``
+        frames on the token grid (flow-based candidates). Returns ``traj [T,T,N]`` and a dict of
+        how often each candidate kind won.
+    """
+
+    KINDS = ("history", "flow", "similarity")
+
+    def __init__(self, search_radius: int = 3, patch_radius: int = 1, use_similarity: bool = True,
+                 use_history: bool = True):
+        if search_radius < 0 or patch_radius < 0:
+            raise ValueError(f"search_radius/patch_radius: expected >= 0, got {search_radius}/{patch_radius}")
+        self.search_radius = int(search_radius)
+        self.patch_radius = int(patch_radius)
+        self.use_similarity = bool(use_similarity)
+        self.use_history = bool(use_history)
+        self.history: dict = {}
+
+    def reset(self) -> None:
+        self.history.clear()
+
+    def _direction(self, feats, rgb, flows, src_sl, tgt_sl, flow_attr, h, w, key):
+        cands, kinds = [], []
+        hist = self.history.get(key) if self.use_history else None
+        if hist is not None and hist.shape[0] == rgb[src_sl].shape[0] and hist.shape[-2:] == (h, w):
+            cands.append(hist.to(rgb.device))
+            kinds.append("history")
+        for fl in flows:
+            cands.append(round_displacement(getattr(fl, flow_attr).to(device=rgb.device, dtype=torch.float32)))
+            kinds.append("flow")
+        if self.use_similarity or not cands:
+            cands.append(similarity_displacement(feats[src_sl], feats[tgt_sl], h, w, self.search_radius))
+            kinds.append("similarity")
+        best, which = choose_displacement(rgb[src_sl], rgb[tgt_sl], cands, self.patch_radius)
+        self.history[key] = best
+        counts = {kd: 0 for kd in self.KINDS}
+        for n, kd in enumerate(kinds):
+            counts[kd] += int((which == n).sum())
+        return best, counts
+
+    def select(self, feats: Tensor, x0_rgb: Tensor, flows: Sequence[FlowField], key: Hashable = None
+               ) -> tuple[Tensor, dict]:
+        T, N, _ = feats.shape
+        _, _, h, w = x0_rgb.shape
+        if x0_rgb.shape[0] != T or N != h * w:
+            raise ValueError(f"x0_rgb: expected [{T},3,h,w] with h*w={N} tokens, got {tuple(x0_rgb.shape)}")
+        if T == 1:
+            return torch.zeros(1, 1, N, dtype=torch.long, device=feats.device), {}
+        rgb = x0_rgb.to(feats.device)
+        flows = [f for f in flows if f is not None]
+        for f in flows:
+            if f.num_frames != T or (f.height, f.width) != (h, w):
+                raise ValueError(f"flows: expected FlowFields of {T} frames on {h}x{w}, got {f!r}")
+        back, cb = self._direction(feats, rgb, flows, slice(1, T), slice(0, T - 1), "backward", h, w, (key, "back"))
+        fwd, cf = self._direction(feats, rgb, flows, slice(0, T - 1), slice(1, T), "forward", h, w, (key, "fwd"))
+        back_idx = _flat_target(back)  # [T-1,N]: frame i+1 -> frame i
+        fwd_idx = _flat_target(fwd)    # [T-1,N]: frame i -> frame i+1
+        counts = {kd: cb.get(kd, 0) + cf.get(kd, 0) for kd in self.KINDS}
+        return chain_trajectories(back_idx, fwd_idx), counts
+
+
+# --------------------------------------------------------------------------------------------
+# The whole layer, with per-run state
+# --------------------------------------------------------------------------------------------
+
+class SLRAttention:
+    """Per-run state and the attention of one chunk (the node side does the CFG chunk split).
+
+    * ``record_x0(x0, frame_key)``: store the x0 estimate ``[T,C,h,w]`` of the current step (called
+      after every model evaluation; the *next* step's trajectories use it).
+    * ``new_run(run_key)``: forget everything when a new sampling run starts.
+    * ``__call__(q, k, v, heads, frame_index, chunk, hw, progress, largest)``: Eq. 5 always; Eq. 6-7
+      when ``largest`` (this block is at the largest decoder attention resolution), ``progress >=
+      trajectory_start``, ``T > 1`` and an x0 of a previous step is known for these frames.
+
+    ``input_flow`` (optional :class:`FlowField` of the whole clip, e.g. from the degraded frames) adds
+    a flow-based candidate; ``x0_flow`` adds the flow computed on the previous step's x0 preview.
+    ``strength`` in ``[0,1]`` blends stage 2 in (``1`` = the paper: stage 2 output replaces stage 1).
+    """
+
+    def __init__(self, trajectory_start: float = 0.5, strength: float = 1.0, search_radius: int = 3,
+                 patch_radius: int = 1, input_flow: Optional[FlowField] = None, x0_flow: bool = True,
+                 rgb_factors=None, rgb_bias=None, attention: Optional[AttentionFn] = None,
+                 use_similarity: bool = True, use_history: bool = True):
+        if not 0.0 <= float(trajectory_start) <= 1.0:
+            raise ValueError(f"trajectory_start: expected a fraction of the schedule in [0, 1], got {trajectory_start}")
+        if not 0.0 <= float(strength) <= 1.0:
+            raise ValueError(f"strength: expected a value in [0, 1], got {strength}")
+        self.trajectory_start = float(trajectory_start)
+        self.strength = float(strength)
+        self.input_flow = input_flow
+        self.x0_flow = bool(x0_flow)
+        self.rgb_factors = rgb_factors
+        self.rgb_bias = rgb_bias
+        self.attention = attention
+        self.tracker = TrajectoryTracker(search_radius, patch_radius, use_similarity, use_history)
+        self._run_key = None
+        self._x0: dict = {}        # frame_key -> (version, x0 [T,C,h,w])
+        self._version = 0
+        self._cache: dict = {}     # (frame_key, version, "rgb"/"flow"/"traj", ...) -> value
+        self.stats = {kd: 0 for kd in TrajectoryTracker.KINDS}
+        self.trajectory_calls = 0
+
+    # -- state ---------------------------------------------------------------------------------
+    def new_run(self, run_key: Hashable) -> None:
+        if run_key != self._run_key:
+            self._run_key = run_key
+            self._x0.clear()
+            self._cache.clear()
+            self.tracker.reset()
+
+    def record_x0(self, x0: Tensor, frame_key: Hashable) -> None:
+        self._version += 1
+        self._x0[frame_key] = (self._version, x0.detach())
+        # drop derived data of older x0 versions of these frames
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != frame_key or k[1] == self._version}
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _derived(self, frame_key, frame_index, h, w):
+        ver, x0 = self._x0[frame_key]
+        rkey = (frame_key, ver, "rgb", h, w)
+        if rkey not in self._cache:
+            rgb = latent_to_rgb(x0, self.rgb_factors, self.rgb_bias)
+            if rgb.shape[-2:] != (h, w):
+                rgb = F.interpolate(rgb, size=(h, w), mode="area" if h <= rgb.shape[-2] else "bilinear")
+            self._cache[rkey] = rgb
+        flows = []
+        if self.x0_flow:
+            fkey = (frame_key, ver, "flow")
+            if fkey not in self._cache:
+                lat = latent_to_rgb(x0, self.rgb_factors, self.rgb_bias)
+                self._cache[fkey] = preview_flow(lat) if lat.shape[0] > 1 else None
+            fl = self._cache[fkey]
+            if fl is not None:
+                flows.append(fl.resized(h, w))
+        if self.input_flow is not None:
+            ikey = ("input", tuple(frame_index), h, w)
+            if ikey not in self._cache:
+                self._cache[ikey] = self.input_flow.select(list(frame_index)).resized(h, w)
+            flows.append(self._cache[ikey])
+        return ver, self._cache[rkey], flows
+
+    def trajectories(self, k: Tensor, frame_index, chunk, hw, frame_key) -> Optional[Tensor]:
+        """Trajectories ``[T,T,N]`` for this step (computed once per step and chunk, reused by every
+        largest-resolution block of the step)."""
+        if frame_key not in self._x0:
+            return None
+        h, w = hw
+        ver, rgb, flows = self._derived(frame_key, frame_index, h, w)
+        tkey = (frame_key, ver, "traj", chunk, h, w)
+        if tkey not in self._cache:
+            traj, counts = self.tracker.select(k, rgb, flows, key=(frame_key, chunk, h, w))
+            for kd, c in counts.items():
+                self.stats[kd] += c
+            self._cache[tkey] = traj
+        return self._cache[tkey]
+
+    # -- the layer -------------------------------------------------------------------------------
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, heads: int, frame_index: Sequence[int],
+                 chunk: Hashable, hw: tuple[int, int], progress: float, largest: bool) -> Tensor:
+        qhat = cross_neighbour_attention(q, k, v, heads, frame_index, self.attention)
+        T = q.shape[0]
+        if not largest or T < 2 or self.strength == 0.0 or progress < self.trajectory_start:
+            return qhat
+        frame_key = tuple(int(i) for i in frame_index)
+        traj = self.trajectories(k, frame_index, chunk, hw, frame_key)
+        if traj is None:
+            return qhat
+        self.trajectory_calls += 1
+        out = trajectory_attention(qhat, k, v, traj, heads)
+        if self.strength < 1.0:
+            out = qhat + self.strength * (out - qhat)
+        return out
