@@ -152,6 +152,28 @@ def seeded_noise_sampler(x: torch.Tensor, seed: Optional[int]) -> Callable:
     return sample
 
 
+def frame_noise_sampler(x: torch.Tensor, seed: Optional[int], frame_index: Sequence[int]) -> Callable:
+    """Like :func:`seeded_noise_sampler` but each batch item (a frame) has its own generator seeded by
+    ``(seed, absolute frame index)``: the noise a frame receives at step ``i`` does not depend on which
+    window / batch it is sampled in (chunked and whole-clip sampling draw the same per-frame noise).
+    ``frame_index`` has one entry per item of ``x``."""
+    idx = [int(i) for i in frame_index]
+    if len(idx) != x.shape[0]:
+        raise ValueError(f"frame_index: expected {x.shape[0]} indices (one per batch item), got {len(idx)}")
+    base = 0 if seed is None else int(seed)
+    gens = []
+    for i in idx:
+        g = torch.Generator(device="cpu")
+        g.manual_seed((base * 1_000_003 + i * 7_919 + 17) & 0x7FFFFFFFFFFFFFFF)
+        gens.append(g)
+
+    def sample(sigma, sigma_next):
+        out = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in gens])
+        return out.to(device=x.device, dtype=x.dtype)
+
+    return sample
+
+
 def _scalar(sigma) -> torch.Tensor:
     return torch.as_tensor(sigma).reshape(()).float()
 

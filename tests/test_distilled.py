@@ -151,3 +151,106 @@ def test_custom_noise_scaling_is_used():
 def test_bad_eta_raises():
     with pytest.raises(ValueError, match="eta"):
         D.sample_distilled(_ConstX0(torch.zeros(1)), torch.zeros(1, 1), torch.tensor([1.0, 0.0]), eta=2.0)
+
+
+def test_frame_noise_depends_on_absolute_frame_not_batch():
+    x = torch.zeros(3, 2, 4, 4)
+    whole = D.frame_noise_sampler(x, 5, [0, 1, 2])
+    win = D.frame_noise_sampler(x[1:], 5, [1, 2])
+    a1, a2 = whole(1.0, 0.5), whole(0.5, 0.1)
+    b1, b2 = win(1.0, 0.5), win(0.5, 0.1)
+    assert torch.equal(a1[1:], b1) and torch.equal(a2[1:], b2)
+    assert not torch.equal(a1, a2) and not torch.equal(a1[0], a1[1])
+    assert not torch.equal(D.frame_noise_sampler(x, 6, [0, 1, 2])(1.0, 0.5), a1)
+    with pytest.raises(ValueError, match="frame_index"):
+        D.frame_noise_sampler(x, 5, [0, 1])
+
+
+# ---------------------------------------------------------------- nodes on the tiny SD1.5 model (real ComfyUI)
+
+def _graph(tiny, sampler: dict, sigmas: dict, batch=2, seed=3, cfg=2.0):
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a clean photo", "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
+        "smp": sampler,
+        "sig": sigmas,
+        "run": {"class_type": "SamplerCustom", "inputs": {
+            "model": ["ckpt", 0], "add_noise": True, "noise_seed": seed, "cfg": cfg, "positive": ["pos", 0],
+            "negative": ["neg", 0], "sampler": ["smp", 0], "sigmas": ["sig", 0], "latent_image": ["lat", 0]}},
+    }
+
+
+def _tr_sigmas(schedule="trailing", steps=4, denoise=1.0):
+    return {"class_type": "TR_DistilledSigmas", "inputs": {"model": ["ckpt", 0], "schedule": schedule, "steps": steps,
+                                                            "denoise": denoise, "original_steps": 50}}
+
+
+def _tr_sampler(eta=1.0, per_frame=True):
+    return {"class_type": "TR_DistilledSampler", "inputs": {"eta": eta, "s_noise": 1.0, "per_frame_noise": per_frame}}
+
+
+@pytest.mark.parametrize("schedule", D.SCHEDULES)
+def test_sigmas_node_matches_documented_schedule(comfy_host, tiny, schedule):
+    for n in (1, 2, 4, 8):
+        g = _graph(tiny, _tr_sampler(), _tr_sigmas(schedule, n))
+        sig = comfy_host.run(g, outputs=["sig"])["outputs"]["sig"][0]
+        ref = D.sigmas_for_timesteps(D.distilled_timesteps(schedule, n))
+        assert sig.shape == (n + 1,)
+        torch.testing.assert_close(sig.float(), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_sampler_with_fresh_batch_noise_equals_stock_lcm(comfy_host, tiny):
+    stock = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "lcm"}}
+    ours = comfy_host.run(_graph(tiny, _tr_sampler(1.0, per_frame=False), _tr_sigmas("lcm", 4)),
+                          outputs=["run"])["outputs"]["run"][0]["samples"]
+    ref = comfy_host.run(_graph(tiny, stock, _tr_sigmas("lcm", 4)), outputs=["run"])["outputs"]["run"][0]["samples"]
+    assert ours.shape == (2, 4, 8, 8) and torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_sampler_modes_differ_and_are_reproducible(comfy_host, tiny):
+    def run(eta, per_frame=True, seed=3):
+        g = _graph(tiny, _tr_sampler(eta, per_frame), _tr_sigmas("trailing", 4, 0.6), seed=seed)
+        return comfy_host.run(g, outputs=["run"])["outputs"]["run"][0]["samples"]
+
+    a, b, det = run(1.0), run(1.0, seed=4), run(0.0)
+    assert torch.isfinite(det).all()
+    assert not torch.allclose(a, b) and not torch.allclose(a, det)
+    assert torch.equal(run(0.0, per_frame=False), det)  # eta 0 draws no noise after the start
+
+
+def test_sampler_uses_noise_sampler_factory_from_transformer_options(comfy_host, tiny):
+    import comfy.sample
+    import comfy.samplers
+
+    from temporal_restore.nodes import _patching
+    from temporal_restore.nodes import distilled as ND
+
+    g = _graph(tiny, _tr_sampler(), _tr_sigmas())
+    out = comfy_host.run(g, outputs=["ckpt", "pos", "neg"])["outputs"]
+    model, pos, neg = out["ckpt"][0], out["pos"][0], out["neg"][0]
+    calls = []
+
+    def factory(x, seed, frame_index):
+        calls.append((tuple(x.shape), seed, frame_index))
+        return lambda s, sn: torch.zeros_like(x)
+
+    patched = _patching.clone_with_options(model, "noise_sampler", factory)
+    sampler = ND.DistilledSampler.execute(1.0, 1.0, True).args[0]
+    sig = ND.distilled_sigmas(model, "trailing", 4, 1.0, 50)
+    lat = torch.zeros(2, 4, 8, 8)
+    noise = comfy.sample.prepare_noise(lat, 5)
+    z = comfy.sample.sample_custom(patched, noise, 2.0, sampler, sig, pos, neg, lat, disable_pbar=True, seed=5)
+    det = comfy.sample.sample_custom(model, noise, 2.0, comfy.samplers.KSAMPLER(ND.make_sampler_function(0.0, 1.0, True)),
+                                     sig, pos, neg, lat, disable_pbar=True, seed=5)
+    assert calls == [((2, 4, 8, 8), 5, [0, 1])]
+    assert not torch.allclose(z, det)  # zero re-noise != DDIM's reused noise, but the factory's noise was used
+    z2 = comfy.sample.sample_custom(model, noise, 2.0, sampler, sig, pos, neg, lat, disable_pbar=True, seed=5)
+    assert not torch.allclose(z, z2)
+
+
+def test_bad_eta_in_node_raises(comfy_host):
+    with pytest.raises(ValueError, match="eta"):
+        comfy_host.node("TR_DistilledSampler").execute(1.5, 1.0, True)
