@@ -104,8 +104,9 @@ def cross_neighbour_attention(q: Tensor, k: Tensor, v: Tensor, heads: int,
 # x0 preview and its flow
 # --------------------------------------------------------------------------------------------
 
-def latent_to_rgb(x0: Tensor, factors=None, bias=None) -> Tensor:
-    """Linear latent -> RGB preview: ``x0 [T,C,h,w] -> [T,3,h,w]`` in ``[0,1]`` (float32)."""
+def latent_to_rgb(x0: Tensor, factors=None, bias=None, clamp: bool = True) -> Tensor:
+    """Linear latent -> RGB preview: ``x0 [T,C,h,w] -> [T,3,h,w]`` (float32), in ``[0,1]`` when
+    ``clamp`` (unclamped it stays linear, hence differentiable everywhere, for guidance losses)."""
     if x0.ndim != 4:
         raise ValueError(f"x0: expected a latent batch [frames,C,h,w], got {tuple(x0.shape)}")
     fac = torch.as_tensor(SD15_RGB_FACTORS if factors is None else factors, dtype=torch.float32,
@@ -115,7 +116,8 @@ def latent_to_rgb(x0: Tensor, factors=None, bias=None) -> Tensor:
     rgb = torch.einsum("tchw,cr->trhw", x0.float(), fac)
     if bias is not None:
         rgb = rgb + torch.as_tensor(bias, dtype=torch.float32, device=x0.device).view(1, 3, 1, 1)
-    return ((rgb + 1.0) * 0.5).clamp(0.0, 1.0)
+    rgb = (rgb + 1.0) * 0.5
+    return rgb.clamp(0.0, 1.0) if clamp else rgb
 
 
 def preview_flow(rgb: Tensor, min_side: int = 64, preset: str = "ultrafast") -> FlowField:
