@@ -91,10 +91,13 @@ def _pull(x_dst: Tensor, x_src: Tensor, flow: Tensor, occ: Tensor, strength: flo
 
 
 def hierarchical_warp(x0: Tensor, flow: FlowField, frame_idx: Sequence[int], batch_size: int = 8,
-                      keyframe_mode: str = "random", seed: int = 0, strength: float = 1.0) -> Tensor:
+                      keyframe_mode: str = "random", seed: int = 0, strength: float = 1.0,
+                      flow_idx: Optional[Sequence[int]] = None) -> Tensor:
     """Eq. 4 global + local warping of predicted x0 latents ``x0 [F,C,h,w]`` (frames of one chunk,
     absolute indices ``frame_idx``) with ``flow`` on the latent grid ``h x w`` (see
-    ``FlowField.resized``).  Returns a new tensor; the input is not modified."""
+    ``FlowField.resized``).  ``flow_idx`` gives each frame's index inside ``flow`` when that is not
+    the absolute index (e.g. a flow estimated on the window only); keyframes always follow
+    ``frame_idx``.  Returns a new tensor; the input is not modified."""
     if x0.ndim != 4:
         raise ValueError(f"x0: expected latents [F,C,h,w], got {tuple(x0.shape)}")
     n = x0.shape[0]
@@ -104,25 +107,30 @@ def hierarchical_warp(x0: Tensor, flow: FlowField, frame_idx: Sequence[int], bat
     if (flow.height, flow.width) != tuple(x0.shape[-2:]):
         raise ValueError(f"flow: grid {flow.height}x{flow.width} does not match the latent {tuple(x0.shape[-2:])}; "
                          "resample it with FlowField.resized")
-    if idx and max(idx) >= flow.num_frames:
-        raise ValueError(f"flow: covers {flow.num_frames} frames but frame index {max(idx)} was requested")
+    fidx = idx if flow_idx is None else [int(i) for i in flow_idx]
+    if len(fidx) != n:
+        raise ValueError(f"flow_idx: expected {n} indices (one per frame), got {len(fidx)}")
+    if fidx and (max(fidx) >= flow.num_frames or min(fidx) < 0):
+        raise ValueError(f"flow: covers {flow.num_frames} frames but frame index {max(fidx)} was requested "
+                         "(connect the FLOW of the same clip)")
+    to_flow = dict(zip(idx, fidx))
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength: expected a value in [0,1], got {strength}")
     out = x0.clone()
     if n < 2 or strength == 0:
         return out
     pos = {f: p for p, f in enumerate(idx)}
-    keys = choose_keyframes(idx, batch_size, keyframe_mode, seed, flow.num_frames)
+    keys = choose_keyframes(idx, batch_size, keyframe_mode, seed, flow.num_frames if flow_idx is None else None)
     key_list = [keys[b] for b in sorted(keys)]
     # 1. global: keyframe to keyframe, sequentially so the first keyframe's content propagates
     for j, i in zip(key_list[:-1], key_list[1:]):
-        f_ij, occ, _ = flow.between(i, j)
+        f_ij, occ, _ = flow.between(to_flow[i], to_flow[j])
         out[pos[i]] = _pull(out[pos[i]], out[pos[j]], f_ij, occ, strength)
     # 2. local: keyframe to the other frames of its batch
     for f in idx:
         k = keys[f // batch_size]
         if f == k:
             continue
-        f_fk, occ, _ = flow.between(f, k)
+        f_fk, occ, _ = flow.between(to_flow[f], to_flow[k])
         out[pos[f]] = _pull(out[pos[f]], out[pos[k]], f_fk, occ, strength)
     return out

@@ -1,0 +1,128 @@
+"""TR_LatentWarp: hierarchical latent warping of the predicted x0 (DiffIR2VR-Zero Sec. 3.2) as a
+post-CFG function on a model clone.
+
+The patch's settings live under ``transformer_options["temporal_restore"]["latent_warp"]``; one
+module-level post-CFG function (marked, added once) reads them, so installing twice replaces the
+settings instead of stacking, and a clone without the key is untouched.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+from comfy_api.latest import io
+
+from ..pipelines import flow as flowlib
+from ..pipelines import latent_warp as lw
+from ._patching import NAMESPACE, clone_with_options, frame_index
+from ._types import FLOW
+
+log = logging.getLogger("temporal_restore")
+
+KEY = "latent_warp"
+
+
+class LatentWarpConfig:
+    """Immutable settings + a per-grid cache of the resampled flow. Shared, not copied, by
+    ``ModelPatcher.clone()`` (which deep-copies model_options)."""
+
+    def __init__(self, flow, fraction, batch_size, keyframe_mode, seed, strength):
+        self.flow, self.fraction, self.batch_size = flow, float(fraction), int(batch_size)
+        self.keyframe_mode, self.seed, self.strength = keyframe_mode, int(seed), float(strength)
+        self._cache = {}
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def flow_on(self, h, w, device):
+        key = (h, w, str(device))
+        with self._lock:
+            if key not in self._cache:
+                self._cache.clear()
+                self._cache[key] = self.flow.resized(h, w).to(device=device)
+            return self._cache[key]
+
+
+def _latent_flow_fallback(x0: torch.Tensor) -> flowlib.FlowField:
+    """No FLOW connected: DIS on the predicted x0 latents themselves (first 3 channels, normalised)."""
+    img = x0[:, :3].float().cpu()
+    lo = img.amin(dim=(0, 2, 3), keepdim=True)
+    hi = img.amax(dim=(0, 2, 3), keepdim=True)
+    img = ((img - lo) / (hi - lo).clamp_min(1e-6)).permute(0, 2, 3, 1)
+    return flowlib.estimate_flow(img, preset="medium").to(device=x0.device)
+
+
+def latent_warp_post_cfg(args):
+    denoised = args["denoised"]
+    to = args.get("model_options", {}).get("transformer_options", {})
+    cfg = to.get(NAMESPACE, {}).get(KEY)
+    if cfg is None or denoised.ndim != 4 or denoised.shape[0] < 2:
+        return denoised
+    step, n_steps = lw.step_index(args["sigma"], to.get("sample_sigmas"))
+    if not lw.active(step, n_steps, cfg.fraction):
+        return denoised
+    frames = denoised.shape[0]
+    idx = frame_index(to, frames)
+    h, w = denoised.shape[-2:]
+    if cfg.flow is not None:
+        flow, flow_idx = cfg.flow_on(h, w, denoised.device), None
+    else:
+        flow, flow_idx = _latent_flow_fallback(denoised), list(range(frames))
+    return lw.hierarchical_warp(denoised, flow, idx, batch_size=cfg.batch_size, keyframe_mode=cfg.keyframe_mode,
+                                seed=cfg.seed, strength=cfg.strength, flow_idx=flow_idx)
+
+
+latent_warp_post_cfg._temporal_restore = KEY
+
+
+def install_latent_warp(model, cfg: LatentWarpConfig):
+    """Clone of ``model`` with the latent warp settings and (once) the post-CFG function."""
+    m = clone_with_options(model, KEY, cfg)
+    fns = m.model_options.get("sampler_post_cfg_function", [])
+    if not any(getattr(f, "_temporal_restore", None) == KEY for f in fns):
+        m.set_model_sampler_post_cfg_function(latent_warp_post_cfg)
+    return m
+
+
+class LatentWarp(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="TR_LatentWarp",
+            display_name="Latent Warp (Temporal Restore)",
+            category="temporal_restore/patches",
+            description="Hierarchical latent warping (DiffIR2VR-Zero): early in denoising, warp the predicted x0 "
+                        "between keyframes, then from each keyframe to the other frames of its batch.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to patch (a clone is patched)."),
+                FLOW.Input("flow", optional=True,
+                           tooltip="Flow of the same clip (TR_FlowEstimate). Without it, flow is estimated on the "
+                                   "predicted latents each step (coarse)."),
+                io.Float.Input("fraction", default=lw.DEFAULT_FRACTION, min=0.0, max=1.0, step=0.01,
+                               tooltip="Share of the denoising steps (from the start) that get warping; the paper "
+                                       "applies it only early (later warping blurs)."),
+                io.Int.Input("batch_size", default=8, min=1, max=256,
+                             tooltip="Frames per batch; each batch of consecutive frames has one keyframe."),
+                io.Combo.Input("keyframe_mode", options=list(lw.KEYFRAME_MODES), default="random",
+                               tooltip="random: seeded random keyframe per batch (paper). stride: first frame of each "
+                                       "batch. middle: middle frame."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed of the random keyframe choice."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="1 replaces non-occluded pixels by the warped keyframe (paper); lower blends."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, flow=None, fraction=lw.DEFAULT_FRACTION, batch_size=8, keyframe_mode="random", seed=0,
+                strength=1.0) -> io.NodeOutput:
+        if flow is not None and not all(hasattr(flow, a) for a in ("resized", "between", "num_frames")):
+            raise ValueError(f"flow: expected a TR_FLOW (FlowField), got {type(flow).__name__}")
+        cfg = LatentWarpConfig(flow, fraction, batch_size, keyframe_mode, seed, strength)
+        return io.NodeOutput(install_latent_warp(model, cfg))
+
+
+NODES = [LatentWarp]

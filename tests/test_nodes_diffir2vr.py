@@ -1,0 +1,93 @@
+"""TR_FlowEstimate / TR_LatentWarp / TR_TokenMerge on the real ComfyUI host with the tiny SD1.5 model."""
+import copy
+
+import pytest
+import torch
+
+
+def _sampler_prompt(tiny, patch_nodes=None, model_ref=("ckpt", 0), frames=4, steps=4, size=64, flow_image=True):
+    """EmptyImage (frames moving? no: constant) -> flow; checkpoint -> patches -> KSampler on an empty latent."""
+    p = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "a photo"}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}},
+        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": frames}},
+        "ks": {"class_type": "KSampler", "inputs": {
+            "model": list(model_ref), "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["lat", 0],
+            "seed": 7, "steps": steps, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+    }
+    if flow_image:
+        p["img"] = {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": frames,
+                                                            "color": 0x806040}}
+        p["flow"] = {"class_type": "TR_FlowEstimate", "inputs": {"images": ["img", 0], "backend": "dis",
+                                                                 "dis_preset": "medium", "keyframe_stride": 2,
+                                                                 "grid": "latent (1/8)"}}
+    p.update(patch_nodes or {})
+    return p
+
+
+def _samples(host, prompt):
+    return host.run(prompt, outputs=["ks"])["outputs"]["ks"][0]["samples"]
+
+
+def test_flow_estimate_node_shapes(comfy_host):
+    node = comfy_host.node("TR_FlowEstimate")
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(1, 40, 48, 3, generator=g)
+    base = torch.nn.functional.avg_pool2d(base.permute(0, 3, 1, 2), 3, 1, 1).permute(0, 2, 3, 1)
+    frames = torch.cat([torch.roll(base, shifts=(0, 2 * t), dims=(1, 2)) for t in range(3)])
+    out = node.execute(images=frames, backend="dis", dis_preset="medium", raft_weights="", keyframe_stride=2,
+                       grid="full")
+    ff = out.result[0] if hasattr(out, "result") else out[0]
+    assert (ff.num_frames, ff.height, ff.width) == (3, 40, 48)
+    assert ff.forward.shape == (2, 2, 40, 48) and ff.forward.dtype == torch.float32
+    assert ff.occlusion_bwd.shape == (2, 1, 40, 48) and ff.keyframes == [0, 2]
+    assert abs(float(ff.forward[:, 0, 8:-8, 8:-8].median()) - 2.0) < 0.3
+    small = node.execute(images=frames, keyframe_stride=0, grid="latent (1/8)")
+    fs = small.result[0] if hasattr(small, "result") else small[0]
+    assert (fs.height, fs.width) == (5, 6) and fs.keyframes is None
+
+
+def test_flow_estimate_raft_errors_are_clear(comfy_host, tmp_path):
+    node = comfy_host.node("TR_FlowEstimate")
+    with pytest.raises(ValueError, match="raft_weights"):
+        node.execute(images=torch.zeros(2, 16, 16, 3), backend="raft", raft_weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="images"):
+        node.execute(images=torch.zeros(2, 16, 16))
+
+
+def test_latent_warp_install_is_reversible_and_does_not_stack(comfy_host, tiny):
+    import comfy.sd
+    import folder_paths
+
+    from temporal_restore.nodes import latent_warp as nlw  # noqa: F401  (pack modules as loaded by the test package)
+
+    ckpt = folder_paths.get_full_path("checkpoints", tiny["checkpoint"])
+    model = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=False, output_clip=False)[0]
+    before = copy.copy(model.model_options)
+    node = comfy_host.node("TR_LatentWarp")
+    m1 = node.execute(model=model, fraction=0.5).result[0]
+    m2 = node.execute(model=m1, fraction=0.7).result[0]
+    assert model.model_options == before and "sampler_post_cfg_function" not in model.model_options
+    fns = [f for f in m2.model_options["sampler_post_cfg_function"] if getattr(f, "_temporal_restore", None) == "latent_warp"]
+    assert len(fns) == 1
+    assert m2.model_options["transformer_options"]["temporal_restore"]["latent_warp"].fraction == 0.7
+
+
+def test_latent_warp_sampling_disabled_equals_baseline_enabled_aligns_frames(comfy_host, tiny):
+    base = _samples(comfy_host, _sampler_prompt(tiny))
+    off = _samples(comfy_host, _sampler_prompt(tiny, {
+        "lw": {"class_type": "TR_LatentWarp", "inputs": {"model": ["ckpt", 0], "flow": ["flow", 0], "fraction": 0.0,
+                                                         "batch_size": 4, "keyframe_mode": "random", "seed": 0,
+                                                         "strength": 1.0}}}, model_ref=("lw", 0)))
+    on = _samples(comfy_host, _sampler_prompt(tiny, {
+        "lw": {"class_type": "TR_LatentWarp", "inputs": {"model": ["ckpt", 0], "flow": ["flow", 0], "fraction": 1.0,
+                                                         "batch_size": 4, "keyframe_mode": "random", "seed": 0,
+                                                         "strength": 1.0}}}, model_ref=("lw", 0)))
+    assert base.shape == (4, 4, 8, 8)
+    assert torch.allclose(off, base, atol=1e-5)
+    assert not torch.allclose(on, base, atol=1e-3)
+    # constant frames -> zero flow, no occlusion: warping every step makes all frames the keyframe's x0
+    spread_on = (on - on.mean(0, keepdim=True)).abs().max()
+    spread_base = (base - base.mean(0, keepdim=True)).abs().max()
+    assert spread_on < 1e-4 * spread_base, (float(spread_on), float(spread_base))
