@@ -13,8 +13,8 @@ float64 on the CPU. Definitions (all documented here so numbers are comparable a
   sigma=1.5, use_sample_covariance=False, data_range=1)``.
 * ``warping_error``: per consecutive pair, ``mean |frame_t(p) - frame_{t+1}(p + flow_t(p))|`` over the
   valid pixels (not occluded, target inside the frame) and the 3 channels, bilinear backward warp; averaged
-  over pairs. With no flow given, flow is estimated with OpenCV DIS (medium preset) on ``flow_from``
-  (default: the clip itself) in both directions, and pixels failing the forward-backward check
+  over pairs. With no flow given, flow is estimated with OpenCV DIS (medium preset, ``flow.estimate_flow``)
+  on ``flow_from`` (default: the clip itself) in both directions, and pixels failing the forward-backward check
   ``|f + b(p + f)|^2 > 0.01 (|f|^2 + |b(p + f)|^2) + 0.5`` (Sundaram et al. 2010) are occluded.
 * ``flicker`` (mode "mean"): per pair, ``|mean Y_{t+1} - mean Y_t|``, the jump of the frame's mean
   luminance; averaged over pairs. Mode "lowpass": per pair, ``mean |B(Y_{t+1}) - B(Y_t)|`` where B averages
@@ -28,10 +28,10 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import flow as _flow
 from .degrade import check_frames, gaussian_kernel1d
 
 LUMA = (0.299, 0.587, 0.114)
@@ -104,75 +104,55 @@ def ssim(restored, reference, channel: str = "y", data_range: float = 1.0) -> fl
 
 
 # ------------------------------------------------------------------------------------------ flow helpers
-# TODO: switch to pipelines/flow.py (warp / estimate_flow) once it lands; these are local stand-ins.
 def warp(x: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward warp: ``out(p) = x(p + flow(p))``, bilinear, border-clamped.
+    """Backward warp ``out(p) = x(p + flow(p))`` (``flow.warp``: bilinear, border-clamped).
 
     ``x [N, C, H, W]``, ``flow [N, 2, H, W]`` (dx, dy pixels). Returns ``(out [N, C, H, W], inside [N, H, W])``
     where ``inside`` is True when ``p + flow(p)`` lies in the frame.
     """
-    n, _, h, w = x.shape
-    if flow.shape != (n, 2, h, w):
-        raise ValueError(f"flow: expected shape {(n, 2, h, w)}, got {tuple(flow.shape)}")
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
-    px = xs + flow[:, 0].to(x.dtype)
-    py = ys + flow[:, 1].to(x.dtype)
-    inside = (px >= 0) & (px <= w - 1) & (py >= 0) & (py <= h - 1)
-    gx = 2.0 * px / max(w - 1, 1) - 1.0
-    gy = 2.0 * py / max(h - 1, 1) - 1.0
-    grid = torch.stack([gx, gy], dim=-1)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return out, inside
-
-
-def _gray_u8(frame: torch.Tensor) -> np.ndarray:
-    return (luma(frame[None])[0].clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+    flow = flow.to(x.dtype)
+    return _flow.warp(x, flow), _flow.out_of_frame(flow)[:, 0] < 0.5
 
 
 def estimate_flow_dis(frames) -> tuple[torch.Tensor, torch.Tensor]:
-    """DIS optical flow (OpenCV, medium preset) between consecutive frames.
+    """DIS optical flow (OpenCV, medium preset, via ``flow.estimate_flow``) between consecutive frames.
 
-    Returns ``(forward [T-1, 2, H, W], backward [T-1, 2, H, W])``: ``forward[t]`` from frame t to t+1 at the
-    pixels of t, ``backward[t]`` from frame t+1 to t at the pixels of t+1 (float64).
+    Returns ``(forward [T-1, 2, H, W] float64, occlusion [T-1, H, W] bool)``: ``forward[t]`` from frame t to
+    t+1 at the pixels of t; ``occlusion`` from the forward-backward check (including leaving the frame).
     """
-    import cv2
-
-    x = _clip64(frames, "frames")
-    t, h, w, _ = x.shape
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    grays = [_gray_u8(x[i]) for i in range(t)]
-    fw = np.zeros((max(t - 1, 0), 2, h, w), np.float64)
-    bw = np.zeros_like(fw)
-    for i in range(t - 1):
-        fw[i] = dis.calc(grays[i], grays[i + 1], None).transpose(2, 0, 1)
-        bw[i] = dis.calc(grays[i + 1], grays[i], None).transpose(2, 0, 1)
-    return torch.from_numpy(fw), torch.from_numpy(bw)
+    x = check_frames(frames).detach().cpu()
+    ff = _flow.estimate_flow(x, backend="dis", preset="medium")
+    return ff.forward.to(torch.float64), ff.occlusion_fwd[:, 0] > 0.5
 
 
-def fb_occlusion(fwd: torch.Tensor, bwd: torch.Tensor, alpha: float = 0.01, beta: float = 0.5) -> torch.Tensor:
-    """Forward-backward consistency occlusion ``[N, H, W]`` bool (True = occluded or leaves the frame).
-
-    ``fwd [N, 2, H, W]`` from t to t+1, ``bwd [N, 2, H, W]`` from t+1 to t.
-    """
-    fwd, bwd = fwd.to(torch.float64), bwd.to(torch.float64)
-    bw_at, inside = warp(bwd, fwd)
-    diff = ((fwd + bw_at) ** 2).sum(1)
-    mag = (fwd ** 2).sum(1) + (bw_at ** 2).sum(1)
-    return (diff > alpha * mag + beta) | ~inside
+def fb_occlusion(fwd: torch.Tensor, bwd: torch.Tensor) -> torch.Tensor:
+    """Forward-backward occlusion ``[N, H, W]`` bool of ``fwd [N,2,H,W]`` (t -> t+1) given ``bwd`` (t+1 -> t):
+    Sundaram et al. 2010 check or leaving the frame (``flow.fb_check``)."""
+    return _flow.fb_check(fwd.to(torch.float64), bwd.to(torch.float64))[:, 0] > 0.5
 
 
 # -------------------------------------------------------------------------------------------- temporal
 def _check_flow(flow, t, h, w, name="flow") -> torch.Tensor:
+    if hasattr(flow, "forward") and hasattr(flow, "occlusion_fwd"):  # a flow.FlowField
+        flow = flow.forward if tuple(flow.forward.shape[-2:]) == (h, w) else _flow.resize_flow(flow.forward, h, w)
     if not isinstance(flow, torch.Tensor) or tuple(flow.shape) != (t - 1, 2, h, w):
         got = tuple(flow.shape) if isinstance(flow, torch.Tensor) else type(flow).__name__
         raise ValueError(f"{name}: expected a tensor of shape {(t - 1, 2, h, w)} [T-1,2,H,W] pixels, got {got}")
     return flow.detach().to("cpu", torch.float64)
 
 
+def _flowfield_occlusion(flow, h, w):
+    occ = flow.occlusion_fwd
+    if tuple(occ.shape[-2:]) != (h, w):
+        occ = _flow.resize_mask(occ.float(), h, w, 0.5)
+    return occ[:, 0] > 0.5
+
+
 def warping_error_per_pair(frames, flow=None, occlusion=None, flow_from=None) -> torch.Tensor:
     """Warping error of each consecutive pair ``[T-1]`` (see module docstring).
 
-    ``flow [T-1,2,H,W]`` (true flow) with optional ``occlusion [T-1,H,W]`` (True = excluded); without
+    ``flow [T-1,2,H,W]`` (true flow, or a ``flow.FlowField`` whose forward flow and occlusion are used,
+    resized to the frames if needed) with optional ``occlusion [T-1,H,W]`` (True = excluded); without
     ``flow`` it is estimated by DIS on ``flow_from`` (a clip of the same shape, default ``frames``) and the
     occlusion comes from the forward-backward check.
     """
@@ -183,11 +163,12 @@ def warping_error_per_pair(frames, flow=None, occlusion=None, flow_from=None) ->
     if flow is None:
         src = x if flow_from is None else _clip64(flow_from, "flow_from")
         _same_shape(x, src, "frames", "flow_from")
-        fwd, bwd = estimate_flow_dis(src)
-        occ = fb_occlusion(fwd, bwd)
+        fwd, occ = estimate_flow_dis(src)
         if occlusion is not None:
             raise ValueError("occlusion: only meaningful together with flow; got occlusion without flow")
     else:
+        if occlusion is None and hasattr(flow, "occlusion_fwd"):
+            occlusion = _flowfield_occlusion(flow, h, w)
         fwd = _check_flow(flow, t, h, w)
         if occlusion is None:
             occ = torch.zeros(t - 1, h, w, dtype=torch.bool)
@@ -299,12 +280,13 @@ def video_metrics(restored, reference=None, flow=None, occlusion=None, degraded=
             out["ssim_degraded"] = ssim(d, ref)
     if t >= 2:
         if flow is not None:
-            fwd = _check_flow(flow, t, h, w)
             occ = occlusion
+            if occ is None and hasattr(flow, "occlusion_fwd"):
+                occ = _flowfield_occlusion(flow, h, w)
+            fwd = _check_flow(flow, t, h, w)
             out["flow_source"] = "given"
         else:
-            fwd, bwd = estimate_flow_dis(ref if ref is not None else x)
-            occ = fb_occlusion(fwd, bwd)
+            fwd, occ = estimate_flow_dis(ref if ref is not None else x)
             out["flow_source"] = "reference" if ref is not None else "restored"
         out["warping_error"] = warping_error(x, fwd, occ)
         if ref is not None:
