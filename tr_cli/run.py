@@ -11,7 +11,7 @@ from . import workflows
 from .client import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SERVER, EXIT_USAGE, REPO, Client, LocalServer,
                      RunnerError)
 
-DEFAULT_WORKFLOW = "demo_restore"
+DEFAULT_WORKFLOW = "demo_restore"  # falls back to degrade_measure while the demo model is absent
 DEMO_MODELS = os.path.join(REPO, "models")
 
 
@@ -125,6 +125,8 @@ def _output_items(entry: dict):
 
 def main(args) -> int:
     frames, has_audio = check_video(args.input)
+    if args.workflow == DEFAULT_WORKFLOW and DEFAULT_WORKFLOW not in workflows.bundled():
+        args.workflow = "degrade_measure"
     prompt = workflows.load(args.workflow)
     video_nodes = workflows.find(prompt, workflows.INPUT_TITLE)
     if not video_nodes:

@@ -1,6 +1,7 @@
-"""Regenerate the UI-format (drag and drop) workflows from workflows/api/*.json.
+"""Regenerate what is derived from the node schemas: the UI-format (drag and drop) workflows from
+workflows/api/*.json, and the node reference in README.md.
 
-usage: .venv/bin/python scripts/build_ui_workflows.py   (starts a local ComfyUI to read /object_info)
+usage: .venv/bin/python scripts/regen.py   (starts a local ComfyUI to read /object_info)
 """
 import json
 import os
@@ -9,7 +10,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # tr_cli only; this process never imports ComfyUI
 
-from tr_cli import ui_format, workflows  # noqa: E402
+from tr_cli import node_reference, ui_format, workflows  # noqa: E402
 from tr_cli.client import Client, LocalServer  # noqa: E402
 
 
@@ -34,6 +35,11 @@ def main() -> int:
             json.dump(wf, f, indent=1)
             f.write("\n")
         print("wrote", dst)
+    readme = os.path.join(REPO, "README.md")
+    text = open(readme).read()
+    with open(readme, "w") as f:
+        f.write(node_reference.splice(text, node_reference.render(info)))
+    print("updated node reference in", readme)
     return 0
 
 

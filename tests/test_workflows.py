@@ -1,0 +1,57 @@
+"""Bundled workflows: UI and API files agree, the README node reference matches the schemas."""
+import json
+import os
+
+import pytest
+
+from harness import paths
+from tr_cli import node_reference, ui_format, workflows
+
+API = workflows.bundled()
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    return server.object_info()
+
+
+def test_every_api_workflow_has_a_ui_twin():
+    assert API, "no bundled API workflows"
+    for name in API:
+        assert os.path.exists(os.path.join(paths.REPO, "workflows", f"{name}.json")), f"workflows/{name}.json missing: run scripts/regen.py"
+
+
+@pytest.mark.parametrize("name", sorted(API))
+def test_ui_and_api_agree(name, object_info):
+    api = workflows.load(name)
+    ui_path = os.path.join(paths.REPO, "workflows", f"{name}.json")
+    ui = json.load(open(ui_path))
+    want = ui_format.normalise_api(api, object_info)
+    got = ui_format.normalise_api(ui_format.ui_to_api(ui, object_info), object_info)
+    diff = {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if want.get(k) != got.get(k)}
+    assert not diff, f"{name}: UI and API workflows disagree (run scripts/regen.py): {diff}"
+
+
+@pytest.mark.parametrize("name", sorted(API))
+def test_ui_widget_values_match_schemas(name, object_info):
+    """Every widget value in the UI file is valid for its schema (a stale combo value or range is a bug)."""
+    ui = json.load(open(os.path.join(paths.REPO, "workflows", f"{name}.json")))
+    api = ui_format.ui_to_api(ui, object_info)
+    for nid, node in api.items():
+        schema = object_info[node["class_type"]]
+        for iname, typ, opts in ui_format._inputs(schema):
+            v = node["inputs"].get(iname)
+            if isinstance(v, list) or v is None:
+                continue
+            if typ == "COMBO" and opts.get("options") and node["class_type"] not in ("LoadVideo", "CheckpointLoaderSimple", "ControlNetLoader"):
+                if not any(n in iname for n in ("ckpt", "control_net", "vae_name", "clip_name")):
+                    assert v in opts["options"], f"{name}: {node['class_type']}.{iname}={v!r} not in {opts['options']}"
+            if typ in ("INT", "FLOAT"):
+                assert opts.get("min", v) <= v <= opts.get("max", v), f"{name}: {node['class_type']}.{iname}={v} out of range"
+
+
+def test_readme_node_reference_is_current(object_info):
+    readme = open(os.path.join(paths.REPO, "README.md")).read()
+    block = node_reference.current(readme)
+    assert block is not None, "README has no node reference: run scripts/regen.py"
+    assert block == node_reference.render(object_info), "README node reference is stale: run scripts/regen.py"
