@@ -25,6 +25,20 @@ def _register_pack() -> None:
 
 
 _register_pack()
+
+
+def _register_cli() -> None:
+    """The headless runner package, importable as ``tr_cli`` (again without the repo on sys.path)."""
+    if "tr_cli" in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location("tr_cli", os.path.join(REPO, "tr_cli", "__init__.py"),
+                                                  submodule_search_locations=[os.path.join(REPO, "tr_cli")])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["tr_cli"] = mod
+    spec.loader.exec_module(mod)
+
+
+_register_cli()
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 
