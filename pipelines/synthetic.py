@@ -48,6 +48,18 @@ class SyntheticClip:
     object_mask: torch.Tensor
     info: dict = field(default_factory=dict)
 
+    def flow_field(self):
+        """The ground truth as a ``flow.FlowField`` (the pack's FLOW type): exact forward/backward flows,
+        occlusion_fwd = ``occlusion``, occlusion_bwd = ``disocclusion``, confidence = 1 - occlusion."""
+        from .flow import FlowField
+
+        of = self.occlusion[:, None].float()
+        ob = self.disocclusion[:, None].float()
+        h, w = self.frames.shape[1:3]
+        return FlowField(forward=self.flow.float(), backward=self.flow_bwd.float(), occlusion_fwd=of,
+                         occlusion_bwd=ob, confidence_fwd=1 - of, confidence_bwd=1 - ob, height=int(h),
+                         width=int(w), backend="ground_truth")
+
 
 def load_image(name: str) -> np.ndarray:
     """``skimage.data.<name>()`` as float64 RGB ``[H, W, 3]`` in 0..1."""

@@ -111,3 +111,17 @@ def test_missing_scikit_image_gives_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "skimage", None)
     with pytest.raises(ImportError, match="scikit-image"):
         S.load_image("astronaut")
+
+
+def test_flow_field_carries_the_ground_truth():
+    c = S.make_clip("astronaut", 4, 32, 48, "pan", seed=0, moving_object=False)
+    ff = c.flow_field()
+    assert ff.num_frames == 4 and (ff.height, ff.width) == (32, 48)
+    assert torch.equal(ff.forward, c.flow) and torch.equal(ff.backward, c.flow_bwd)
+    assert torch.equal(ff.occlusion_fwd[:, 0] > 0.5, c.occlusion)
+    assert torch.equal(ff.occlusion_bwd[:, 0] > 0.5, c.disocclusion)
+    # chaining two neighbour steps gives the exact two-frame pan on pixels visible throughout
+    f02, occ, _ = ff.between(0, 2)
+    pan = torch.tensor(c.info["pan"]).view(2, 1, 1)
+    vis = occ[0] < 0.5
+    assert torch.allclose(f02[:, vis], (2 * pan).expand(2, 32, 48)[:, vis], atol=1e-4)
