@@ -1,0 +1,293 @@
+"""Hybrid flow-guided spatial-aware token merging (DiffIR2VR-Zero Sec. 3.3, Eq. 5-8; VidToMe-style).
+
+Before a self-attention layer the frames of a batch are cut into *frame chunks* (consecutive
+absolute frames, ``chunk_size`` each) with one keyframe (the merge *target*).  Every token of the
+other frames (the *sources*) gets one candidate target token in the keyframe:
+
+* ``"flow"`` (UNet down blocks, Eq. 5-6): the token the optical flow points at, scored by the
+  forward-backward confidence ``sigma = exp(-|f_st(p) + f_ts(p + f_st(p))|^2)`` on the token grid;
+* ``"cosine"`` (UNet up blocks, Eq. 7): the most similar keyframe token inside a
+  ``(2 W + 1)^2`` window around the same position, with cosine similarity weighted by
+  ``exp(-floor(|X(i) - X(j)|^2 / R))``; ``W = ceil(sqrt(2 R))`` so matching costs
+  ``O(tokens * window)`` (weights beyond the window are below ``e^-2``).
+
+The ``m`` best-scored sources of a chunk are merged into their targets (mean); the chunk becomes one
+sequence ``[keyframe tokens, kept source tokens]`` and the attention runs on it (fewer tokens,
+cross-frame within the chunk).  After attention every merged source takes its target's output
+(replacement unmerging).  Tokens in a padding region (``valid`` mask) are neither sources nor
+targets (padding removal), unless a chunk must be shortened to a common length (see
+:func:`plan_merge`).
+
+Everything is expressed as one index ``dest [B*N]`` (slot of each input token in the merged batch),
+so ``merge`` is a scatter-mean and ``unmerge`` a gather: the pair is reversible by construction.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .flow import fb_confidence, out_of_frame, pixel_grid
+from .latent_warp import choose_keyframes
+
+Tensor = torch.Tensor
+
+MATCH_MODES = ("flow", "cosine")
+
+
+# ----------------------------------------------------------------------------------------------
+# Eq. 8: merging-ratio annealing
+# ----------------------------------------------------------------------------------------------
+
+def merge_ratio(step: float, r: float, i_beg: float, i_end: float, delta: float = 1.0) -> float:
+    """Eq. 8: ``r_i = r cos(pi/2 * clamp(delta (i - i_beg) / (i_end - i_beg), 0, 1))``.
+
+    Full ratio ``r`` up to ``i_beg``, cosine decay after it, zero from
+    ``i_beg + (i_end - i_beg) / delta`` on.  ``i_end <= i_beg`` means no annealing (``r`` throughout).
+    """
+    if not 0.0 <= r <= 1.0:
+        raise ValueError(f"ratio: expected a value in [0,1], got {r}")
+    if delta <= 0:
+        raise ValueError(f"delta: expected > 0, got {delta}")
+    if i_end <= i_beg:
+        return float(r)
+    u = max(min(delta * (step - i_beg) / (i_end - i_beg), 1.0), 0.0)
+    val = r * math.cos(math.pi / 2 * u)
+    return 0.0 if val < 1e-12 else float(val)
+
+
+# ----------------------------------------------------------------------------------------------
+# Correspondences
+# ----------------------------------------------------------------------------------------------
+
+def spatial_window(R: float) -> int:
+    """Half-width ``W`` of the matching window for radius parameter ``R`` (token units^2)."""
+    return max(1, int(math.ceil(math.sqrt(2.0 * max(R, 0.0)))))
+
+
+def cosine_matches(src: Tensor, tgt: Tensor, h: int, w: int, R: float = 4.0, valid: Optional[Tensor] = None,
+                   window: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    """Eq. 7 spatial-aware cosine correspondences of source frames to the keyframe.
+
+    ``src [S,N,C]`` tokens of S source frames, ``tgt [N,C]`` keyframe tokens, ``N = h*w`` row-major.
+    Returns ``(index [S,N] long, score [S,N])``: the keyframe token within the window that maximises
+    ``cos * exp(-floor(d^2 / R))`` and that score.  ``valid [N]`` bool excludes padding (never a
+    target; sources there get score ``-inf``).
+    """
+    S, N, C = src.shape
+    if N != h * w or tgt.shape != (N, C):
+        raise ValueError(f"tokens: expected src [S,{h * w},C] and tgt [{h * w},C], got {tuple(src.shape)} {tuple(tgt.shape)}")
+    W = spatial_window(R) if window is None else int(window)
+    f32 = torch.float32
+    s = torch.nn.functional.normalize(src.to(f32), dim=-1).transpose(1, 2).reshape(S, C, h, w)
+    t = torch.nn.functional.normalize(tgt.to(f32), dim=-1).transpose(0, 1).reshape(C, h, w)
+    tpad = torch.nn.functional.pad(t, (W, W, W, W))
+    vmask = torch.ones(h, w, dtype=torch.bool, device=src.device) if valid is None else valid.view(h, w).to(src.device)
+    vpad = torch.nn.functional.pad(vmask, (W, W, W, W), value=False)
+    best = torch.full((S, h, w), -math.inf, device=src.device, dtype=f32)
+    best_off = torch.zeros((S, h, w), dtype=torch.long, device=src.device)
+    offsets = [(dy, dx) for dy in range(-W, W + 1) for dx in range(-W, W + 1)]
+    for k, (dy, dx) in enumerate(offsets):
+        tau = math.floor((dy * dy + dx * dx) / R) if R > 0 else (0 if dy == dx == 0 else math.inf)
+        if tau == math.inf:
+            continue
+        wgt = math.exp(-tau)
+        tv = tpad[:, W + dy:W + dy + h, W + dx:W + dx + w]
+        ok = vpad[W + dy:W + dy + h, W + dx:W + dx + w]
+        sim = torch.einsum("schw,chw->shw", s, tv) * wgt
+        sim = sim.masked_fill(~ok, -math.inf)
+        better = sim > best
+        best = torch.where(better, sim, best)
+        best_off = torch.where(better, torch.full_like(best_off, k), best_off)
+    offs = torch.tensor(offsets, device=src.device, dtype=torch.long)
+    dy, dx = offs[best_off, 0], offs[best_off, 1]
+    ys = torch.arange(h, device=src.device).view(1, h, 1)
+    xs = torch.arange(w, device=src.device).view(1, 1, w)
+    ty = (ys + dy).clamp(0, h - 1)
+    tx = (xs + dx).clamp(0, w - 1)
+    index = (ty * w + tx).view(S, N)
+    score = best.masked_fill(~vmask.view(1, h, w), -math.inf).view(S, N)
+    return index, score
+
+
+def flow_matches(f_st: Tensor, f_ts: Tensor, occ: Optional[Tensor] = None,
+                 valid: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Eq. 5 flow correspondences of one source frame to the keyframe on the token grid.
+
+    ``f_st [2,h,w]`` source -> keyframe flow, ``f_ts [2,h,w]`` keyframe -> source (token units),
+    ``occ [1,h,w]`` optional occlusion of the source tokens.  Returns ``(index [N], score [N])``:
+    the nearest keyframe token to ``p + f_st(p)`` and the confidence ``sigma`` (0 when occluded,
+    ``-inf`` for padding sources or targets / matches leaving the frame)."""
+    _, h, w = f_st.shape
+    conf = fb_confidence(f_st[None].float(), f_ts[None].float())[0, 0]
+    if occ is not None:
+        conf = conf * (1.0 - occ.view(h, w).to(conf))
+    pos = pixel_grid(h, w, f_st.device, torch.float32) + f_st.float()
+    tx = pos[0].round().long().clamp(0, w - 1)
+    ty = pos[1].round().long().clamp(0, h - 1)
+    index = (ty * w + tx).view(-1)
+    score = conf.view(-1).clone()
+    bad = out_of_frame(f_st[None].float())[0, 0].view(-1) > 0
+    if valid is not None:
+        v = valid.view(-1).to(f_st.device)
+        bad = bad | ~v | ~v[index]
+    score[bad] = -math.inf
+    return index, score
+
+
+# ----------------------------------------------------------------------------------------------
+# Merge plan
+# ----------------------------------------------------------------------------------------------
+
+def frame_groups(frame_idx: Sequence[int], chunk_size: int, keyframe_mode: str = "random",
+                 seed: int = 0) -> list[tuple[int, list[int]]]:
+    """Frame chunks of one cond/uncond chunk: ``[(key position, [positions, key first])]`` with
+    positions into ``frame_idx``; chunks are ``abs_index // chunk_size`` (windows agree)."""
+    idx = [int(i) for i in frame_idx]
+    keys = choose_keyframes(idx, chunk_size, keyframe_mode, seed)
+    pos = {f: p for p, f in enumerate(idx)}
+    out = []
+    for b in sorted(keys):
+        k = pos[keys[b]]
+        members = [p for p, f in enumerate(idx) if f // chunk_size == b and p != k]
+        out.append((k, [k] + members))
+    return out
+
+
+def merge_counts(sizes: Sequence[int], n_tokens: int, ratio: float) -> list[int]:
+    """Number of merged source tokens per chunk so that every chunk has the same merged length.
+
+    The largest chunk merges ``floor(ratio * (F - 1) * N)`` tokens; the common length
+    ``M = F_max N - m_max`` is clamped to ``[N, F_min N]`` and each chunk merges ``F N - M``."""
+    if not sizes:
+        return []
+    fmax, fmin = max(sizes), min(sizes)
+    m_big = int(math.floor(ratio * (fmax - 1) * n_tokens))
+    M = fmax * n_tokens - m_big
+    M = min(max(M, n_tokens), fmin * n_tokens)
+    return [f * n_tokens - M for f in sizes]
+
+
+def build_dest(n_frames: int, key: int, index: Tensor, score: Tensor, m: int, n_tokens: int,
+               base: int) -> tuple[Tensor, int]:
+    """Slots of the tokens of one frame chunk.
+
+    ``index, score [S,N]`` are the source frames' candidate targets/scores (sources in chunk
+    order without the keyframe).  Keyframe tokens take slots ``base + 0..N-1``; the ``m`` best
+    sources take their target's slot; the rest get fresh slots after the keyframe's in order.
+    Returns ``(dest [S+1, N] long, M)`` with dest row 0 the keyframe."""
+    S, N = index.shape
+    dev = index.device
+    flat_score = score.reshape(-1)
+    merged = torch.zeros(S * N, dtype=torch.bool, device=dev)
+    if m > 0:
+        order = torch.argsort(flat_score, descending=True, stable=True)[:m]
+        merged[order] = True
+    kept = ~merged
+    slots = torch.empty(S * N, dtype=torch.long, device=dev)
+    slots[merged] = index.reshape(-1)[merged]
+    slots[kept] = n_tokens + torch.arange(int(kept.sum()), device=dev)
+    dest = torch.cat([torch.arange(N, device=dev).view(1, N), slots.view(S, N)], 0) + base
+    return dest, n_tokens + int(kept.sum())
+
+
+def make_merge(dest: Tensor, n_groups: int, M: int) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """``(merge, unmerge)`` closures for a slot map ``dest [B,N]`` (values in ``[0, n_groups*M)``).
+
+    ``merge(x [B,N,C]) -> [n_groups, M, C]`` (mean of the tokens sharing a slot);
+    ``unmerge(y [n_groups, M, C]) -> [B,N,C]`` (every token takes its slot's value)."""
+    B, N = dest.shape
+    flat = dest.reshape(-1)
+
+    def merge(x: Tensor) -> Tensor:
+        C = x.shape[-1]
+        xs = x.reshape(B * N, C)
+        out = torch.zeros(n_groups * M, C, device=x.device, dtype=x.dtype)
+        out.scatter_reduce_(0, flat.to(x.device).view(-1, 1).expand(-1, C), xs, reduce="mean", include_self=False)
+        return out.view(n_groups, M, C)
+
+    def unmerge(y: Tensor) -> Tensor:
+        C = y.shape[-1]
+        return y.reshape(n_groups * M, C)[flat.to(y.device)].view(B, N, C)
+
+    return merge, unmerge
+
+
+FlowLookup = Callable[[int, int], tuple[Tensor, Tensor, Tensor]]
+
+
+def plan_merge(x: Tensor, n_chunks: int, h: int, w: int, frame_idx: Sequence[int], ratio: float,
+               chunk_size: int = 4, mode: str = "cosine", flow: Optional[FlowLookup] = None, R: float = 4.0,
+               keyframe_mode: str = "random", seed: int = 0, valid: Optional[Tensor] = None):
+    """Plan token merging for one attention call and return ``(merge, unmerge)`` or ``None``.
+
+    ``x [n_chunks * F, N, C]`` (``N = h*w``, frames contiguous per cond/uncond chunk, never mixed),
+    ``frame_idx`` absolute indices of the F frames of a chunk.  ``mode`` ``"flow"`` needs
+    ``flow(a, b) -> (f_ab [2,h,w], occ_a [1,h,w], conf)`` on the token grid (absolute indices).
+    Returns ``None`` (no patch: bit-identical) when ``ratio == 0`` or no chunk has two frames.
+    """
+    if mode not in MATCH_MODES:
+        raise ValueError(f"mode: expected one of {MATCH_MODES}, got {mode!r}")
+    if ratio <= 0:
+        return None
+    B, N, C = x.shape
+    if N != h * w:
+        raise ValueError(f"tokens: {N} tokens do not form a {h}x{w} grid")
+    F = B // n_chunks
+    groups = frame_groups(frame_idx, chunk_size, keyframe_mode, seed)
+    if all(len(g[1]) < 2 for g in groups):
+        return None
+    counts = merge_counts([len(g[1]) for g in groups], N, ratio)
+    if mode == "flow" and flow is None:
+        raise ValueError("flow: flow-guided matching needs a FLOW (connect TR_FlowEstimate)")
+    flow_cache: dict[int, tuple[Tensor, Tensor]] = {}
+    dest = torch.empty(B, N, dtype=torch.long, device=x.device)
+    slot = 0
+    M_common = None
+    for c in range(n_chunks):
+        for gi, (k, members) in enumerate(groups):
+            srcs = members[1:]
+            key_item = c * F + k
+            if srcs:
+                if mode == "flow":
+                    if gi not in flow_cache:
+                        idx, sc = [], []
+                        for p in srcs:
+                            f_st, occ, _ = flow(int(frame_idx[p]), int(frame_idx[k]))
+                            f_ts, _, _ = flow(int(frame_idx[k]), int(frame_idx[p]))
+                            i, s = flow_matches(f_st.to(x.device), f_ts.to(x.device), occ.to(x.device), valid)
+                            idx.append(i)
+                            sc.append(s)
+                        flow_cache[gi] = (torch.stack(idx), torch.stack(sc))
+                    index, score = flow_cache[gi]
+                else:
+                    items = torch.tensor([c * F + p for p in srcs], device=x.device)
+                    index, score = cosine_matches(x[items], x[key_item], h, w, R, valid)
+            else:
+                index = torch.zeros(0, N, dtype=torch.long, device=x.device)
+                score = torch.zeros(0, N, device=x.device)
+            d, M = build_dest(len(members), k, index, score, counts[gi], N, slot)
+            if M_common is None:
+                M_common = M
+            elif M != M_common:  # pragma: no cover - merge_counts guarantees equal lengths
+                raise RuntimeError(f"token merge: unequal merged lengths {M} != {M_common}")
+            for row, p in enumerate(members):
+                dest[c * F + p] = d[row]
+            slot += M
+    n_groups = n_chunks * len(groups)
+    return make_merge(dest, n_groups, M_common)
+
+
+def valid_token_mask(h: int, w: int, latent_h: int, latent_w: int, pad_bottom: int = 0, pad_right: int = 0,
+                     pad_top: int = 0, pad_left: int = 0) -> Optional[Tensor]:
+    """``[h*w]`` bool mask of tokens outside the padding (padding given in latent pixels of a
+    ``latent_h x latent_w`` latent); None when there is no padding."""
+    if not (pad_bottom or pad_right or pad_top or pad_left):
+        return None
+    sy, sx = h / latent_h, w / latent_w
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / sy
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / sx
+    vy = (ys >= pad_top) & (ys < latent_h - pad_bottom)
+    vx = (xs >= pad_left) & (xs < latent_w - pad_right)
+    return (vy.view(h, 1) & vx.view(1, w)).reshape(-1)
