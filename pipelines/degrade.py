@@ -264,7 +264,7 @@ def rain(frames: torch.Tensor, intensity: float = 0.5, seed: int = 0) -> torch.T
     rng = _np_gen(seed, 1)
     angle = math.radians(rng.uniform(-20.0, 20.0))
     length = max(3, int(round(min(h, w) * rng.uniform(0.08, 0.14))))
-    n = max(1, int(round(0.012 * intensity * h * w)))
+    n = max(1, int(round(0.02 * intensity * h * w)))
     pos = rng.uniform(0, 1, size=(n, 2)) * np.array([w, h])
     speed = length * rng.uniform(0.8, 1.6, size=n)
     vel = np.stack([math.sin(angle) * speed, math.cos(angle) * speed], axis=1)

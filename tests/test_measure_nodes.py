@@ -89,3 +89,15 @@ def test_bad_inputs_are_value_errors(comfy_host):
         comfy_host.run(no_ref, outputs=["3"])
     with pytest.raises(PromptError, match="strength"):
         comfy_host.run(chain(task="jpeg", strength=200.0), outputs=["2"])
+
+
+def test_metrics_reach_history_on_a_real_server(server):
+    prompt = chain(frames=4, extra_metrics={"filename_prefix": "tr_metrics/server"})
+    entry = server.run(prompt)
+    out = entry["outputs"]["3"]
+    m = json.loads(out["text"][0])
+    assert m["frames"] == 4 and 18 < m["psnr"] < 23
+    files = [f for f in server.output_files(entry) if f.endswith(".json")]
+    assert len(files) == 1 and os.path.exists(files[0])
+    with open(files[0], encoding="utf-8") as f:
+        assert json.load(f) == m
