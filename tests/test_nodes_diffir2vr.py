@@ -91,3 +91,59 @@ def test_latent_warp_sampling_disabled_equals_baseline_enabled_aligns_frames(com
     spread_on = (on - on.mean(0, keepdim=True)).abs().max()
     spread_base = (base - base.mean(0, keepdim=True)).abs().max()
     assert spread_on < 1e-4 * spread_base, (float(spread_on), float(spread_base))
+
+
+def _tm(model_ref, ratio, **kw):
+    inputs = {"model": list(model_ref), "ratio": ratio, "chunk_size": 2, "keyframe_mode": "stride", "seed": 0,
+              "anneal_start": 0.0, "anneal_end": 1.0, "delta": 1.0, "radius": 4.0, "down_blocks": "flow",
+              "up_blocks": "cosine", "pad_bottom": 0, "pad_right": 0}
+    inputs.update(kw)
+    return {"class_type": "TR_TokenMerge", "inputs": inputs}
+
+
+def test_token_merge_ratio_zero_bit_identical_enabled_differs(comfy_host, tiny):
+    base = _samples(comfy_host, _sampler_prompt(tiny, steps=3))
+    off = _samples(comfy_host, _sampler_prompt(tiny, {"tm": _tm(("ckpt", 0), 0.0)}, model_ref=("tm", 0), steps=3))
+    on_node = _tm(("ckpt", 0), 0.9)
+    on_node["inputs"]["flow"] = ["flow", 0]
+    on = _samples(comfy_host, _sampler_prompt(tiny, {"tm": on_node}, model_ref=("tm", 0), steps=3))
+    assert torch.equal(off, base)
+    assert on.shape == base.shape and torch.isfinite(on).all()
+    assert not torch.allclose(on, base, atol=1e-4)
+
+
+def test_token_merge_shrinks_attention_and_is_reversible(comfy_host, tiny):
+    import comfy.sd
+    import folder_paths
+    import torch.nn.functional as F
+
+    ckpt = folder_paths.get_full_path("checkpoints", tiny["checkpoint"])
+    model = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=False, output_clip=False)[0]
+    before = repr(model.model_options)
+    node = comfy_host.node("TR_TokenMerge")
+    m1 = node.execute(model=model, ratio=0.5, chunk_size=4).result[0]
+    m2 = node.execute(model=m1, ratio=0.75, chunk_size=4).result[0]
+    assert repr(model.model_options) == before
+    patches = m2.model_options["transformer_options"]["patches"]
+    assert len(patches["attn1_patch"]) == 1 and len(patches["attn1_output_patch"]) == 1
+    cfg = m2.model_options["transformer_options"]["temporal_restore"]["token_merge"]
+    assert cfg.ratio == 0.75
+    # one real attention call: 4 frames of 8x8 tokens, cond+uncond -> merged batch is smaller, unmerge restores
+    fn = patches["attn1_patch"][0]
+    out_fn = patches["attn1_output_patch"][0]
+    n = torch.randn(8, 64, 32)
+    sched = torch.linspace(10, 0, 5)
+    eo = {"temporal_restore": {"token_merge": cfg}, "cond_or_uncond": [1, 0], "block": ("output", 3),
+          "activations_shape": [8, 32, 8, 8], "original_shape": [8, 4, 8, 8], "sigmas": sched[:1].repeat(8),
+          "sample_sigmas": sched}
+    q, k, v = fn(n, n, n, eo)
+    assert q.shape[0] == 2 and q.shape[1] < 4 * 64 and k is q and v is q
+    y = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+    back = out_fn(y, eo)
+    assert back.shape == n.shape
+    # Eq. 8 with i_end at half the run: from step 2 of 4 on the ratio is 0 -> untouched
+    m3 = node.execute(model=model, ratio=0.75, chunk_size=4, anneal_end=0.5).result[0]
+    eo2 = dict(eo, sigmas=sched[2:3].repeat(8),
+               temporal_restore={"token_merge": m3.model_options["transformer_options"]["temporal_restore"]["token_merge"]})
+    q2, _, _ = fn(n, n, n, eo2)
+    assert q2 is n and out_fn(n, eo2) is n

@@ -1,0 +1,237 @@
+"""TR_TokenMerge: hybrid flow-guided spatial-aware token merging (DiffIR2VR-Zero Sec. 3.3) as an
+attn1_patch (merge: the self-attention runs on fewer tokens) + attn1_output_patch (unmerge).
+
+Settings live under ``transformer_options["temporal_restore"]["token_merge"]``; the two module-level
+patch functions are added once (marked), so installing twice replaces the settings, never stacks.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from comfy_api.latest import io
+
+from ..pipelines import latent_warp as lw
+from ..pipelines import token_merge as tm
+from ._patching import chunk_layout, clone_with_options, frame_index, tr_options
+from ._types import FLOW
+
+log = logging.getLogger("temporal_restore")
+
+KEY = "token_merge"
+
+
+class TokenMergeConfig:
+    """Immutable settings + caches (flow per token grid, flow-guided plans). Shared, not copied,
+    by ``ModelPatcher.clone()``; the merge/unmerge hand-over between the two patches is thread-local."""
+
+    def __init__(self, flow=None, ratio=0.75, chunk_size=4, keyframe_mode="random", seed=0, anneal_start=0.0,
+                 anneal_end=1.0, delta=1.0, radius=4.0, down_blocks="flow", up_blocks="cosine", pad_bottom=0,
+                 pad_right=0):
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"ratio: expected a value in [0,1], got {ratio}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}")
+        for name, v in (("down_blocks", down_blocks), ("up_blocks", up_blocks)):
+            if v not in tm.MATCH_MODES:
+                raise ValueError(f"{name}: expected one of {tm.MATCH_MODES}, got {v!r}")
+        if keyframe_mode not in lw.KEYFRAME_MODES:
+            raise ValueError(f"keyframe_mode: expected one of {lw.KEYFRAME_MODES}, got {keyframe_mode!r}")
+        if delta <= 0:
+            raise ValueError(f"delta: expected > 0, got {delta}")
+        self.flow, self.ratio, self.chunk_size = flow, float(ratio), int(chunk_size)
+        self.keyframe_mode, self.seed = keyframe_mode, int(seed)
+        self.anneal_start, self.anneal_end, self.delta = float(anneal_start), float(anneal_end), float(delta)
+        self.radius, self.down_blocks, self.up_blocks = float(radius), down_blocks, up_blocks
+        self.pad_bottom, self.pad_right = int(pad_bottom), int(pad_right)
+        self._flows, self._plans = {}, {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def ratio_at(self, step: int, n_steps: int) -> float:
+        """Eq. 8 with i_beg / i_end given as fractions of the run's steps."""
+        return tm.merge_ratio(step, self.ratio, self.anneal_start * n_steps, self.anneal_end * n_steps, self.delta)
+
+    def flow_on(self, h, w, device):
+        key = (h, w, str(device))
+        with self._lock:
+            if key not in self._flows:
+                if len(self._flows) > 8:
+                    self._flows.clear()
+                self._flows[key] = self.flow.resized(h, w).to(device=device)
+            return self._flows[key]
+
+    @property
+    def pending(self):
+        return getattr(self._local, "pending", None)
+
+    @pending.setter
+    def pending(self, value):
+        self._local.pending = value
+
+
+def _token_grid(extra_options, n_tokens):
+    shape = extra_options.get("activations_shape")
+    if shape is not None and len(shape) == 4 and shape[2] * shape[3] == n_tokens:
+        return int(shape[2]), int(shape[3])
+    orig = extra_options.get("original_shape")
+    if orig is not None and len(orig) == 4:
+        H, W = orig[2], orig[3]
+        for ds in (1, 2, 4, 8, 16, 32):
+            h, w = -(-H // ds), -(-W // ds)
+            if h * w == n_tokens:
+                return h, w
+    return None
+
+
+def token_merge_attn1_patch(n, context, value, extra_options):
+    cfg = tr_options(extra_options).get(KEY)
+    if cfg is None:
+        return n, context, value
+    cfg.pending = None
+    if context is not n or value is not n or n.ndim != 3:
+        return n, context, value  # not plain self-attention (or already rewritten by another patch)
+    step, n_steps = lw.step_index(extra_options.get("sigmas", 0.0), extra_options.get("sample_sigmas"))
+    r = cfg.ratio_at(step, n_steps)
+    if r <= 0:
+        return n, context, value
+    B, N, _ = n.shape
+    grid = _token_grid(extra_options, N)
+    if grid is None:
+        return n, context, value
+    h, w = grid
+    n_chunks, frames = chunk_layout(extra_options, B)
+    if frames < 2:
+        return n, context, value
+    idx = frame_index(extra_options, frames)
+    block = extra_options.get("block") or ("input", 0)
+    mode = cfg.up_blocks if block[0] == "output" else cfg.down_blocks
+    flow = None
+    if mode == "flow":
+        if cfg.flow is None:
+            mode = "cosine"
+        else:
+            if max(idx) >= cfg.flow.num_frames:
+                raise ValueError(f"flow: covers {cfg.flow.num_frames} frames but frame index {max(idx)} is being "
+                                 "sampled (connect the FLOW of the same clip)")
+            flow = cfg.flow_on(h, w, n.device).between
+    orig = extra_options.get("original_shape") or [B, 4, h, w]
+    valid = tm.valid_token_mask(h, w, orig[2], orig[3], cfg.pad_bottom // 8, cfg.pad_right // 8)
+    if valid is not None:
+        valid = valid.to(n.device)
+    plan_key = None
+    if mode == "flow":
+        plan_key = (h, w, n_chunks, tuple(idx), round(r, 6), str(n.device))
+        plan = cfg._plans.get(plan_key)
+    else:
+        plan = None
+    if plan is None:
+        plan = tm.plan_merge(n, n_chunks, h, w, idx, r, chunk_size=cfg.chunk_size, mode=mode, flow=flow,
+                             R=cfg.radius, keyframe_mode=cfg.keyframe_mode, seed=cfg.seed, valid=valid)
+        if plan_key is not None and plan is not None:
+            with cfg._lock:
+                if len(cfg._plans) > 64:
+                    cfg._plans.clear()
+                cfg._plans[plan_key] = plan
+    if plan is None:
+        return n, context, value
+    merge, unmerge = plan
+    m = merge(n)
+    cfg.pending = (unmerge, m.shape)
+    return m, m, m
+
+
+token_merge_attn1_patch._temporal_restore = KEY
+
+
+def token_merge_attn1_output_patch(n, extra_options):
+    cfg = tr_options(extra_options).get(KEY)
+    if cfg is None:
+        return n
+    pending, cfg.pending = cfg.pending, None
+    if pending is None:
+        return n
+    unmerge, shape = pending
+    if tuple(n.shape[:2]) != tuple(shape[:2]):
+        raise RuntimeError(f"token merge: attention output {tuple(n.shape)} does not match the merged tokens "
+                           f"{tuple(shape)} (another patch changed the token layout)")
+    return unmerge(n)
+
+
+token_merge_attn1_output_patch._temporal_restore = KEY
+
+
+def install_token_merge(model, cfg: TokenMergeConfig):
+    """Clone of ``model`` with the token-merge settings and (once) the two attention patches."""
+    m = clone_with_options(model, KEY, cfg)
+    patches = m.model_options.get("transformer_options", {}).get("patches", {})
+    if not any(getattr(f, "_temporal_restore", None) == KEY for f in patches.get("attn1_patch", [])):
+        m.set_model_attn1_patch(token_merge_attn1_patch)
+    if not any(getattr(f, "_temporal_restore", None) == KEY for f in patches.get("attn1_output_patch", [])):
+        m.set_model_attn1_output_patch(token_merge_attn1_output_patch)
+    return m
+
+
+class TokenMerge(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="TR_TokenMerge",
+            display_name="Token Merge (Temporal Restore)",
+            category="temporal_restore/patches",
+            description="Hybrid flow-guided spatial-aware token merging (DiffIR2VR-Zero): before self-attention the "
+                        "tokens of each frame chunk are merged into a keyframe (flow matches in down blocks, "
+                        "spatially weighted cosine matches in up blocks), attention runs on fewer tokens, and the "
+                        "result is copied back (replacement unmerging).",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to patch (a clone is patched)."),
+                FLOW.Input("flow", optional=True,
+                           tooltip="Flow of the same clip (TR_FlowEstimate) for flow-guided matching; without it "
+                                   "every block uses cosine matching."),
+                io.Float.Input("ratio", default=0.75, min=0.0, max=1.0, step=0.01,
+                               tooltip="Merge ratio r: share of the non-keyframe tokens of a chunk merged into the "
+                                       "keyframe (0 = off, bit-identical to the unpatched model)."),
+                io.Int.Input("chunk_size", default=4, min=1, max=64,
+                             tooltip="Frames per chunk; each chunk of consecutive frames merges into one keyframe."),
+                io.Combo.Input("keyframe_mode", options=list(lw.KEYFRAME_MODES), default="random",
+                               tooltip="random: seeded random keyframe per chunk (paper). stride: first frame. "
+                                       "middle: middle frame."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the random keyframe choice."),
+                io.Float.Input("anneal_start", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Eq. 8 i_beg as a fraction of the steps: full ratio until here."),
+                io.Float.Input("anneal_end", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Eq. 8 i_end as a fraction of the steps: the ratio has decayed to 0 here "
+                                       "(with delta 1). anneal_end <= anneal_start disables annealing."),
+                io.Float.Input("delta", default=1.0, min=0.01, max=100.0, step=0.01,
+                               tooltip="Eq. 8 annealing speed: larger reaches 0 sooner."),
+                io.Float.Input("radius", default=4.0, min=0.0, max=64.0, step=0.5,
+                               tooltip="Eq. 7 R (token units squared): uniform-weight radius of spatially weighted "
+                                       "cosine matching; also sets the matching window (ceil(sqrt(2R)) tokens)."),
+                io.Combo.Input("down_blocks", options=list(tm.MATCH_MODES), default="flow",
+                               tooltip="Matching in UNet down (input) and middle blocks: flow (paper) or cosine."),
+                io.Combo.Input("up_blocks", options=list(tm.MATCH_MODES), default="cosine",
+                               tooltip="Matching in UNet up (output) blocks: cosine (paper) or flow."),
+                io.Int.Input("pad_bottom", default=0, min=0, max=4096, step=8,
+                             tooltip="Padding (image pixels) added at the bottom before sampling; those tokens are "
+                                     "excluded from matching."),
+                io.Int.Input("pad_right", default=0, min=0, max=4096, step=8,
+                             tooltip="Padding (image pixels) added at the right; excluded from matching."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, flow=None, ratio=0.75, chunk_size=4, keyframe_mode="random", seed=0, anneal_start=0.0,
+                anneal_end=1.0, delta=1.0, radius=4.0, down_blocks="flow", up_blocks="cosine", pad_bottom=0,
+                pad_right=0) -> io.NodeOutput:
+        if flow is not None and not all(hasattr(flow, a) for a in ("resized", "between", "num_frames")):
+            raise ValueError(f"flow: expected a TR_FLOW (FlowField), got {type(flow).__name__}")
+        cfg = TokenMergeConfig(flow, ratio, chunk_size, keyframe_mode, seed, anneal_start, anneal_end, delta, radius,
+                               down_blocks, up_blocks, pad_bottom, pad_right)
+        return io.NodeOutput(install_token_merge(model, cfg))
+
+
+NODES = [TokenMerge]
