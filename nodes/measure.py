@@ -143,8 +143,18 @@ class VideoMetrics(io.ComfyNode):
         bounds = parse_boundaries(window_starts, restored.shape[0])
         if bounds and len(bounds) >= restored.shape[0] - 1:
             raise ValueError("window_starts: expected some frame pairs that are not window starts")
+        import comfy.model_management as mm
+        import comfy.utils
+
+        pbar = comfy.utils.ProgressBar(max(1, restored.shape[0] - 1))
+
+        def progress(done, total):
+            mm.throw_exception_if_processing_interrupted()
+            pbar.update_absolute(done, total)
+
+        mm.throw_exception_if_processing_interrupted()
         m = metricslib.video_metrics(restored, reference=reference, flow=flow, degraded=degraded,
-                                     boundaries=bounds or None)
+                                     boundaries=bounds or None, callback=progress)
         text = metricslib.metrics_to_json(m)
         ui = {"text": [text]}
         prefix = (filename_prefix or "").strip()

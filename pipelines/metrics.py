@@ -114,14 +114,15 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return _flow.warp(x, flow), _flow.out_of_frame(flow)[:, 0] < 0.5
 
 
-def estimate_flow_dis(frames) -> tuple[torch.Tensor, torch.Tensor]:
+def estimate_flow_dis(frames, callback=None) -> tuple[torch.Tensor, torch.Tensor]:
     """DIS optical flow (OpenCV, medium preset, via ``flow.estimate_flow``) between consecutive frames.
 
     Returns ``(forward [T-1, 2, H, W] float64, occlusion [T-1, H, W] bool)``: ``forward[t]`` from frame t to
     t+1 at the pixels of t; ``occlusion`` from the forward-backward check (including leaving the frame).
+    ``callback(done, total)`` is called after each pair (progress / interruption hook).
     """
     x = check_frames(frames).detach().cpu()
-    ff = _flow.estimate_flow(x, backend="dis", preset="medium")
+    ff = _flow.estimate_flow(x, backend="dis", preset="medium", callback=callback)
     return ff.forward.to(torch.float64), ff.occlusion_fwd[:, 0] > 0.5
 
 
@@ -253,7 +254,7 @@ def resize_to(frames, height: int, width: int) -> torch.Tensor:
 
 
 def video_metrics(restored, reference=None, flow=None, occlusion=None, degraded=None,
-                  boundaries=None) -> dict:
+                  boundaries=None, callback=None) -> dict:
     """All metrics in one dict (floats; ``None`` where undefined).
 
     Keys: ``frames``, ``height``, ``width``; with ``reference``: ``psnr``, ``ssim`` (luminance),
@@ -261,7 +262,7 @@ def video_metrics(restored, reference=None, flow=None, occlusion=None, degraded=
     to the reference size if smaller): ``psnr_degraded``, ``ssim_degraded``; always ``warping_error``
     (flow: the given one, else DIS on the reference if any, else DIS on ``restored``; ``flow_source`` says
     which), ``flicker``, ``flicker_lowpass``; with ``boundaries``: ``seam_ratio`` (mean mode) and
-    ``seam_ratio_lowpass``.
+    ``seam_ratio_lowpass``. ``callback(done, total)`` is called after each flow pair estimated.
     """
     x = check_frames(restored, "restored")
     t, h, w, _ = x.shape
@@ -286,7 +287,7 @@ def video_metrics(restored, reference=None, flow=None, occlusion=None, degraded=
             fwd = _check_flow(flow, t, h, w)
             out["flow_source"] = "given"
         else:
-            fwd, occ = estimate_flow_dis(ref if ref is not None else x)
+            fwd, occ = estimate_flow_dis(ref if ref is not None else x, callback)
             out["flow_source"] = "reference" if ref is not None else "restored"
         out["warping_error"] = warping_error(x, fwd, occ)
         if ref is not None:

@@ -68,6 +68,7 @@ def test_metrics_json_file_and_seams(comfy_host):
     import folder_paths
 
     prompt = chain(extra_metrics={"filename_prefix": "tr_metrics/run", "window_starts": "3"})
+    del prompt["3"]["inputs"]["flow"]  # no FLOW: DIS on the reference (with progress callback)
     res = comfy_host.run(prompt, outputs=["3"])
     ui = res["ui"]["3"]
     (item,) = ui["metrics_files"]
@@ -76,6 +77,7 @@ def test_metrics_json_file_and_seams(comfy_host):
         saved = json.load(f)
     assert saved == json.loads(res["outputs"]["3"][0])
     assert "seam_ratio" in saved and saved["seam_ratio"] > 0
+    assert saved["flow_source"] == "reference"
 
 
 def test_bad_inputs_are_value_errors(comfy_host):
