@@ -199,17 +199,22 @@ def make_merge(dest: Tensor, n_groups: int, M: int) -> tuple[Callable[[Tensor], 
     ``unmerge(y [n_groups, M, C]) -> [B,N,C]`` (every token takes its slot's value)."""
     B, N = dest.shape
     flat = dest.reshape(-1)
+    counts = torch.bincount(flat, minlength=n_groups * M).clamp_min(1)
+    inv = {}
 
     def merge(x: Tensor) -> Tensor:
         C = x.shape[-1]
-        xs = x.reshape(B * N, C)
+        key = (x.device, x.dtype)
+        if key not in inv:
+            inv[key] = (flat.to(x.device), (1.0 / counts.to(x.device, torch.float32)).to(x.dtype).view(-1, 1))
+        idx, w = inv[key]
         out = torch.zeros(n_groups * M, C, device=x.device, dtype=x.dtype)
-        out.scatter_reduce_(0, flat.to(x.device).view(-1, 1).expand(-1, C), xs, reduce="mean", include_self=False)
-        return out.view(n_groups, M, C)
+        out.index_add_(0, idx, x.reshape(B * N, C))
+        return (out * w).view(n_groups, M, C)
 
     def unmerge(y: Tensor) -> Tensor:
         C = y.shape[-1]
-        return y.reshape(n_groups * M, C)[flat.to(y.device)].view(B, N, C)
+        return y.reshape(n_groups * M, C).index_select(0, flat.to(y.device)).view(B, N, C)
 
     return merge, unmerge
 
@@ -272,8 +277,7 @@ def plan_merge(x: Tensor, n_chunks: int, h: int, w: int, frame_idx: Sequence[int
                 M_common = M
             elif M != M_common:  # pragma: no cover - merge_counts guarantees equal lengths
                 raise RuntimeError(f"token merge: unequal merged lengths {M} != {M_common}")
-            for row, p in enumerate(members):
-                dest[c * F + p] = d[row]
+            dest[torch.tensor([c * F + p for p in members], device=x.device)] = d
             slot += M
     n_groups = n_chunks * len(groups)
     return make_merge(dest, n_groups, M_common)

@@ -147,3 +147,57 @@ def test_token_merge_shrinks_attention_and_is_reversible(comfy_host, tiny):
                temporal_restore={"token_merge": m3.model_options["transformer_options"]["temporal_restore"]["token_merge"]})
     q2, _, _ = fn(n, n, n, eo2)
     assert q2 is n and out_fn(n, eo2) is n
+
+
+def _make_clip(path, frames=8, w=64, h=48):
+    import av
+    import numpy as np
+
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        ys, xs = np.mgrid[0:h, 0:w]
+        for t in range(frames):
+            img = np.stack([(xs * 4 + t * 8) % 256, (ys * 5) % 256, ((xs + ys) * 3 + t * 4) % 256], -1).astype(np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def test_diffir2vr_workflow_runs_end_to_end_over_http(server, tiny):
+    import json
+    import os
+    import shutil
+
+    import av
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    prompt = json.load(open(os.path.join(repo, "workflows", "api", "diffir2vr_restore.json")))
+    by_title = {n["_meta"]["title"]: n for n in prompt.values()}
+    clip = "tr_diffir2vr_test_clip.mp4"
+    dst = os.path.join(server.base, "input", clip)
+    sample = os.path.join(repo, "samples", "sample_clip.mp4")
+    if os.path.exists(sample):
+        shutil.copyfile(sample, dst)
+    else:
+        _make_clip(dst)
+    with av.open(dst) as c:
+        n_in = sum(1 for _ in c.decode(video=0))
+        had_audio = bool(c.streams.audio)
+    by_title["Input video"]["inputs"]["file"] = clip
+    by_title["Checkpoint"]["inputs"]["ckpt_name"] = tiny["checkpoint"]
+    by_title["ControlNet"]["inputs"]["control_net_name"] = tiny["controlnet"]
+    kinds = {n["class_type"] for n in prompt.values()}
+    assert {"TR_FlowEstimate", "TR_LatentWarp", "TR_TokenMerge", "ControlNetApplyAdvanced"} <= kinds
+    for node in prompt.values():
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = 3
+    entry = server.run(prompt)
+    videos = [f for f in server.output_files(entry) if f.endswith(".mp4")]
+    assert videos, entry.get("outputs")
+    with av.open(videos[0]) as c:
+        n_out = sum(1 for _ in c.decode(video=0))
+        assert bool(c.streams.audio) == had_audio
+    assert n_out == n_in
+    assert server.alive()
