@@ -189,3 +189,109 @@ def test_warping_error_zero_for_consistent_clip():
     flick = frames.clone()
     flick[1] = flick[1] * 0.7
     assert e_good < 0.02 and RA.warping_error(flick, flow) > 5 * max(e_good, 1e-3)
+
+
+# ---------------------------------------------------------------- TR_RecurrentRestore on the tiny model
+
+def _host_parts(comfy_host, tiny, eta=1.0):
+    g = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a clean photo", "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "cn": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": tiny["controlnet"]}},
+        "smp": {"class_type": "TR_DistilledSampler", "inputs": {"eta": eta, "s_noise": 1.0, "per_frame_noise": False}},
+        "sig": {"class_type": "TR_DistilledSigmas", "inputs": {"model": ["ckpt", 0], "schedule": "trailing", "steps": 1,
+                                                                "denoise": 0.6, "original_steps": 50}},
+    }
+    out = comfy_host.run(g, outputs=list(g))["outputs"]
+    model, clip, vae = out["ckpt"]
+    return dict(model=model, vae=vae, pos=out["pos"][0], neg=out["neg"][0], cn=out["cn"][0],
+                sampler=out["smp"][0], sigmas=out["sig"][0])
+
+
+def _moving_clip(T=3, shift=3):
+    base = _texture(64, 96, 5)
+    return torch.stack([torch.roll(base, shifts=shift * t, dims=1)[:, 16:80] for t in range(T)]).contiguous()
+
+
+def _latent_of(frames):
+    """A latent that follows the frames (the tiny random VAE's encoder overflows, so tests build one)."""
+    x = torch.nn.functional.avg_pool2d(frames.permute(0, 3, 1, 2), 8) * 2 - 1
+    return torch.cat([x, x.mean(1, keepdim=True)], 1).contiguous()
+
+
+def _plain_per_frame(p, lat, seeds, hints=None):
+    import comfy.sample
+    import nodes as comfy_nodes
+
+    outs = []
+    for t, s in enumerate(seeds):
+        x = lat[t:t + 1]
+        pos, neg = p["pos"], p["neg"]
+        if hints is not None:
+            pos, neg = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, p["cn"], hints[t:t + 1], 1.0,
+                                                                              0.0, 1.0, vae=p["vae"])
+        outs.append(comfy.sample.sample_custom(p["model"], comfy.sample.prepare_noise(x, s), 2.0, p["sampler"],
+                                               p["sigmas"], pos, neg, x, disable_pbar=True, seed=s))
+    return torch.cat(outs)
+
+
+@torch.inference_mode()  # as ComfyUI's executor runs nodes
+def test_node_strength_zero_equals_plain_per_frame_sampling(comfy_host, tiny):
+    from temporal_restore.nodes import recurrent_restore as NR
+
+    p = _host_parts(comfy_host, tiny)
+    frames = _moving_clip(T=2)
+    lat = _latent_of(frames)
+    node = comfy_host.node("TR_RecurrentRestore")
+    # a window of a longer clip (batch_index 5, 6): frames get the noise of seed + absolute index
+    out = node.execute(p["model"], p["pos"], p["neg"], p["sampler"], p["sigmas"],
+                       {"samples": lat, "batch_index": [5, 6]}, frames, 7, 2.0, 0.0, 0.08, 1.0, 1.0).args
+    ref = _plain_per_frame(p, lat, [12, 13])
+    assert out[0]["samples"].shape == lat.shape and torch.isfinite(ref).all()
+    torch.testing.assert_close(out[0]["samples"], ref, rtol=1e-5, atol=1e-5)
+    assert out[1].shape == (2, 64, 64) and out[1].abs().sum() == 0
+
+    # enabled: frame 0 is untouched, frame 1 changes; the confidence is high on this global pan
+    on, conf = NR.recurrent_sample(p["model"], p["pos"], p["neg"], p["sampler"], p["sigmas"],
+                                   {"samples": lat, "batch_index": [5, 6]}, frames, 7, 2.0, 0.9)
+    torch.testing.assert_close(on["samples"][0], ref[0], rtol=1e-5, atol=1e-5)
+    assert (on["samples"][1] - ref[1]).abs().max() > 1e-3
+    assert conf[1, 8:-8, 8:-8].mean() > 0.8
+
+
+@torch.inference_mode()  # as ComfyUI's executor runs nodes
+def test_node_controlnet_hint_strength_zero_equals_stock_controlnet_per_frame(comfy_host, tiny):
+    from temporal_restore.nodes import recurrent_restore as NR
+
+    p = _host_parts(comfy_host, tiny)
+    frames = _moving_clip(T=2)
+    lat = _latent_of(frames)
+    args = (p["model"], p["pos"], p["neg"], p["sampler"], p["sigmas"], {"samples": lat}, frames, 3, 2.0)
+    off = NR.recurrent_sample(*args, 0.0, control_net=p["cn"], vae=p["vae"])[0]["samples"]
+    ref = _plain_per_frame(p, lat, [3, 4], hints=frames)
+    torch.testing.assert_close(off, ref, rtol=1e-5, atol=1e-5)
+    on = NR.recurrent_sample(*args, 1.0, control_net=p["cn"], vae=p["vae"])[0]["samples"]
+    assert torch.isfinite(on).all() and (on[1] - ref[1]).abs().max() > 1e-4
+
+
+@torch.inference_mode()  # as ComfyUI's executor runs nodes
+def test_node_bad_inputs_and_interrupt(comfy_host, tiny):
+    import comfy.model_management
+
+    from temporal_restore.nodes import recurrent_restore as NR
+
+    p = _host_parts(comfy_host, tiny)
+    frames = _moving_clip(T=2)
+    lat = _latent_of(frames)
+    args = (p["model"], p["pos"], p["neg"], p["sampler"], p["sigmas"])
+    with pytest.raises(ValueError, match="images"):
+        NR.recurrent_sample(*args, {"samples": lat}, frames[:1], 0, 1.0, 0.5)
+    with pytest.raises(ValueError, match="strength"):
+        NR.recurrent_sample(*args, {"samples": lat}, frames, 0, 1.0, 2.0)
+    comfy.model_management.interrupt_current_processing(True)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            NR.recurrent_sample(*args, {"samples": lat}, frames, 0, 1.0, 0.5)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)

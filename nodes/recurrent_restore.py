@@ -1,0 +1,179 @@
+"""TR_RecurrentRestore: restore a clip frame by frame, each frame conditioned on the previous restored
+frame warped onto it by optical flow (D2-VR-style motion-compensated conditioning; the algorithm and
+its formulas are in ``pipelines/recurrent_align.py``).
+
+Per frame ``t`` (absolute index ``i_t``): ``x_init = m s warp(z_{t-1}) + (1 - m s) y_t`` and, with a
+ControlNet, ``hint = m s warp(decode(z_{t-1})) + (1 - m s) frame_t`` (the degraded frame when no VAE is
+given); then one sampler run (any SAMPLER / SIGMAS, e.g. TR_DistilledSampler + TR_DistilledSigmas
+with denoise < 1) on that single frame with noise ``prepare_noise(seed + i_t)`` (or the frame's slice
+of a NOISE input) and ``transformer_options["temporal_restore"]["frame_index"] = [i_t]``.
+With ``strength = 0`` every frame is sampled exactly like a plain per-frame run.
+
+Frame indices ``i_t``: the latent's ``batch_index`` when it has one per frame, else the model's
+``frame_index`` option (set by a chunker) when it has one per frame, else ``0..T-1``.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from comfy_api.latest import io
+
+from ..pipelines import recurrent_align
+from ._patching import clone_with_options, get_option
+from ._types import FLOW
+
+log = logging.getLogger("temporal_restore")
+
+
+def _frame_indices(latent: dict, model, T: int) -> list[int]:
+    bi = latent.get("batch_index")
+    if bi is not None and len(bi) == T:
+        return [int(i) for i in bi]
+    fi = get_option(model, "frame_index")
+    if fi is not None and len(fi) == T:
+        return [int(i) for i in fi]
+    return list(range(T))
+
+
+def _with_hint(conditioning, control_net, hint, strength, vae, memo):
+    """Like ControlNetApplyAdvanced for one frame's hint ``[1,H,W,3]`` (``memo`` shares positive/negative)."""
+    out = []
+    for t, d in conditioning:
+        d = d.copy()
+        prev = d.get("control")
+        if prev in memo:
+            c = memo[prev]
+        else:
+            c = control_net.copy().set_cond_hint(hint.movedim(-1, 1), strength, (0.0, 1.0), vae=vae)
+            c.set_previous_controlnet(prev)
+            memo[prev] = c
+        d["control"] = c
+        d["control_apply_to_uncond"] = False
+        out.append([t, d])
+    return out
+
+
+def recurrent_sample(model, positive, negative, sampler, sigmas, latent: dict, images: torch.Tensor, seed: int,
+                     cfg: float, strength: float, flow=None, tau: float = recurrent_align.DEFAULT_TAU,
+                     blur: float = recurrent_align.DEFAULT_BLUR, control_net=None, vae=None,
+                     control_strength: float = 1.0, noise=None):
+    """Returns ``(LATENT, confidence [T,H,W])``."""
+    import comfy.model_management
+    import comfy.sample
+    import comfy.utils
+
+    samples = latent["samples"]
+    if samples.is_nested or samples.dim() != 4:
+        raise ValueError(f"latent: expected image latents [frames, C, h, w], got shape {tuple(samples.shape)}")
+    T = int(samples.shape[0])
+    if T < 1:
+        raise ValueError("latent: expected at least 1 frame, got 0")
+    if images.shape[0] != T:
+        raise ValueError(f"images: expected {T} degraded frames (one per latent frame), got {images.shape[0]}")
+    recurrent_align.check_strength(strength)
+    samples = comfy.sample.fix_empty_latent_channels(model, samples)
+    idx = _frame_indices(latent, model, T)
+    full_noise = None
+    if noise is not None:
+        full_noise = noise.generate_noise({"samples": samples})
+        if full_noise.shape != samples.shape:
+            raise ValueError(f"noise: expected noise shaped like the latent {tuple(samples.shape)}, "
+                             f"got {tuple(full_noise.shape)}")
+    noise_mask = latent.get("noise_mask")
+    pbar = comfy.utils.ProgressBar(T)
+    disable_pbar = True
+
+    def restore(t, x_init, hint):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        m = clone_with_options(model, "frame_index", [idx[t]])
+        pos, neg = positive, negative
+        if control_net is not None and control_strength != 0:
+            h = images[t:t + 1] if hint is None else hint
+            memo: dict = {}
+            pos = _with_hint(positive, control_net, h, control_strength, vae, memo)
+            neg = _with_hint(negative, control_net, h, control_strength, vae, memo)
+        frame_seed = int(seed) + idx[t]
+        n = full_noise[t:t + 1] if full_noise is not None else comfy.sample.prepare_noise(x_init, frame_seed)
+        mask = noise_mask
+        if mask is not None and mask.dim() > 0 and mask.shape[0] == T and T > 1:
+            mask = mask[t:t + 1]
+        return comfy.sample.sample_custom(m, n, cfg, sampler, sigmas, pos, neg, x_init, noise_mask=mask,
+                                          disable_pbar=disable_pbar, seed=frame_seed)
+
+    decode = None
+    if control_net is not None and vae is not None and strength > 0:
+        decode = vae.decode
+
+    def on_frame(t):
+        pbar.update(1)
+
+    out, conf = recurrent_align.recurrent_restore(samples, images, restore, strength, flow=flow, frame_index=idx,
+                                                  tau=tau, blur=blur, decode=decode, on_frame=on_frame)
+    result = latent.copy()
+    result.pop("downscale_ratio_spacial", None)
+    result.pop("noise_mask", None)
+    result["samples"] = out
+    return result, conf[:, 0]
+
+
+class RecurrentRestore(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="TR_RecurrentRestore",
+            display_name="RecurrentRestore (Temporal Restore)",
+            category="temporal_restore/sampling",
+            description="Restores frames in order; the previous restored frame, warped by optical flow and masked "
+                        "by a forward-backward + photometric confidence, conditions the next (init latent and/or "
+                        "ControlNet hint). Pair with TR_DistilledSampler / TR_DistilledSigmas for few-step models.",
+            inputs=[
+                io.Model.Input("model", tooltip="The (patched) diffusion model."),
+                io.Conditioning.Input("positive", tooltip="Positive conditioning (shared by every frame)."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning (shared by every frame)."),
+                io.Sampler.Input("sampler", tooltip="SAMPLER for each frame, e.g. TR_DistilledSampler."),
+                io.Sigmas.Input("sigmas", tooltip="SIGMAS for each frame, e.g. TR_DistilledSigmas with denoise < 1 so "
+                                "the aligned init latent matters."),
+                io.Latent.Input("latent", tooltip="Degraded clip latent [frames, C, h, w] (VAEEncode of the frames)."),
+                io.Image.Input("images", tooltip="The degraded frames [frames, H, W, 3]: flow, photometric check and "
+                               "ControlNet hint."),
+                io.Int.Input("noise_seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Frame t gets the noise of seed + its absolute frame index."),
+                io.Float.Input("cfg", default=1.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale (distilled models: 1-2)."),
+                io.Float.Input("strength", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="Weight s of the aligned previous frame: x_init = m*s*aligned + (1-m*s)*degraded. "
+                                       "0 = plain per-frame restoration."),
+                io.Float.Input("photometric_tau", default=recurrent_align.DEFAULT_TAU, min=0.001, max=1.0, step=0.001,
+                               tooltip="Tolerance of the photometric check: confidence exp(-(e/tau)^2), e = blurred "
+                                       "|warped previous - current| of the degraded frames (0..1 units)."),
+                io.Float.Input("blur", default=recurrent_align.DEFAULT_BLUR, min=0.0, max=8.0, step=0.1,
+                               tooltip="Gaussian sigma (pixels) applied before the photometric check, so noise that "
+                                       "the degraded frames do not share is not taken for motion error."),
+                io.Float.Input("control_strength", default=1.0, min=0.0, max=10.0, step=0.01,
+                               tooltip="ControlNet strength (only with a control_net)."),
+                FLOW.Input("flow", optional=True, tooltip="Optional FLOW of the degraded clip (or the whole clip when "
+                           "the frames are a window); estimated per pair with OpenCV DIS when absent."),
+                io.ControlNet.Input("control_net", optional=True,
+                                    tooltip="Optional ControlNet whose per-frame hint is the aligned blend."),
+                io.Vae.Input("vae", optional=True, tooltip="VAE to decode the previous restored frame for the ControlNet "
+                             "hint; without it the hint is the degraded frame."),
+                io.Noise.Input("noise", optional=True, tooltip="Optional NOISE (e.g. shared / correlated noise) for the "
+                               "whole clip; replaces the per-frame seeded noise."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent"),
+                     io.Mask.Output(display_name="confidence")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, sampler, sigmas, latent, images, noise_seed, cfg, strength,
+                photometric_tau, blur, control_strength, flow=None, control_net=None, vae=None,
+                noise=None) -> io.NodeOutput:
+        out, conf = recurrent_sample(model, positive, negative, sampler, sigmas, latent, images, noise_seed, cfg,
+                                     strength, flow=flow, tau=photometric_tau, blur=blur, control_net=control_net,
+                                     vae=vae, control_strength=control_strength, noise=noise)
+        return io.NodeOutput(out, conf)
+
+
+NODES = [RecurrentRestore]
