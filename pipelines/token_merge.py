@@ -67,8 +67,71 @@ def spatial_window(R: float) -> int:
 
 
 def cosine_matches(src: Tensor, tgt: Tensor, h: int, w: int, R: float = 4.0, valid: Optional[Tensor] = None,
-                   window: Optional[int] = None) -> tuple[Tensor, Tensor]:
+                   window: Optional[int] = None, tile: int = 8) -> tuple[Tensor, Tensor]:
     """Eq. 7 spatial-aware cosine correspondences of source frames to the keyframe.
+
+    ``src [S,N,C]`` tokens of S source frames, ``tgt [N,C]`` keyframe tokens, ``N = h*w`` row-major.
+    Returns ``(index [S,N] long, score [S,N])``: the keyframe token within the ``(2W+1)^2`` window
+    that maximises ``cos * exp(-floor(d^2 / R))`` and that score.  ``valid [N]`` bool excludes
+    padding (never a target; sources there get score ``-inf``).
+
+    Computed per ``tile x tile`` block of source tokens against the block plus a ``W`` halo with one
+    batched matmul (``O(N * (tile + 2W)^2 * C)``, matmul-efficient), then masked to the window.
+    """
+    S, N, C = src.shape
+    if N != h * w or tgt.shape != (N, C):
+        raise ValueError(f"tokens: expected src [S,{h * w},C] and tgt [{h * w},C], got {tuple(src.shape)} {tuple(tgt.shape)}")
+    W = spatial_window(R) if window is None else int(window)
+    dev = src.device
+    T = max(1, min(int(tile), max(h, w)))
+    Hp, Wp = -(-h // T) * T, -(-w // T) * T
+    nty, ntx = Hp // T, Wp // T
+    dt = torch.float32 if src.dtype in (torch.float16, torch.bfloat16) and dev.type == "cpu" else src.dtype
+    s = torch.nn.functional.normalize(src.to(dt), dim=-1).view(S, h, w, C)
+    t = torch.nn.functional.normalize(tgt.to(dt), dim=-1).view(h, w, C)
+    s = torch.nn.functional.pad(s, (0, 0, 0, Wp - w, 0, Hp - h))
+    t = torch.nn.functional.pad(t, (0, 0, W, Wp - w + W, W, Hp - h + W))
+    vmask = torch.ones(h, w, dtype=torch.bool, device=dev) if valid is None else valid.view(h, w).to(dev)
+    vt = torch.nn.functional.pad(vmask, (W, Wp - w + W, W, Hp - h + W), value=False)
+    K1 = T + 2 * W
+    # source tiles [nt, S*T*T, C]
+    st = s.view(S, nty, T, ntx, T, C).permute(1, 3, 0, 2, 4, 5).reshape(nty * ntx, S * T * T, C)
+    # target tiles with halo [nt, C, K1*K1]
+    tt = t.unfold(0, K1, T).unfold(1, K1, T)  # [nty, ntx, C, K1, K1]
+    tt = tt.reshape(nty * ntx, C, K1 * K1)
+    vtt = vt.unfold(0, K1, T).unfold(1, K1, T).reshape(nty * ntx, 1, K1 * K1)
+    sim = torch.bmm(st, tt).view(nty * ntx, S, T * T, K1 * K1)
+    # spatial weights between a tile position (ty, tx) and a halo position (ky, kx): d = (ky - W - ty, kx - W - tx)
+    ty = torch.arange(T, device=dev).view(T, 1, 1, 1)
+    tx = torch.arange(T, device=dev).view(1, T, 1, 1)
+    ky = torch.arange(K1, device=dev).view(1, 1, K1, 1)
+    kx = torch.arange(K1, device=dev).view(1, 1, 1, K1)
+    dy, dx = (ky - W - ty).expand(T, T, K1, K1), (kx - W - tx).expand(T, T, K1, K1)
+    d2 = (dy * dy + dx * dx).to(dt)
+    inwin = (dy.abs() <= W) & (dx.abs() <= W)
+    if R > 0:
+        wgt = torch.exp(-torch.floor(d2 / R))
+    else:
+        wgt = (d2 == 0).to(dt)
+        inwin = inwin & (d2 == 0)
+    wgt = wgt.reshape(1, 1, T * T, K1 * K1).to(sim.dtype)
+    ok = inwin.reshape(1, 1, T * T, K1 * K1) & vtt.view(nty * ntx, 1, 1, K1 * K1)
+    sim = (sim * wgt).masked_fill(~ok, -math.inf)
+    best, arg = sim.max(-1)  # [nt, S, T*T]
+    ky_b, kx_b = arg // K1, arg % K1
+    tyy = torch.arange(nty, device=dev).view(nty, 1, 1, 1, 1) * T
+    txx = torch.arange(ntx, device=dev).view(1, ntx, 1, 1, 1) * T
+    gy = (tyy + ky_b.view(nty, ntx, S, T, T) - W).clamp(0, h - 1)
+    gx = (txx + kx_b.view(nty, ntx, S, T, T) - W).clamp(0, w - 1)
+    index = (gy * w + gx).permute(2, 0, 3, 1, 4).reshape(S, Hp, Wp)[:, :h, :w].reshape(S, N)
+    score = best.view(nty, ntx, S, T, T).permute(2, 0, 3, 1, 4).reshape(S, Hp, Wp)[:, :h, :w]
+    score = score.float().masked_fill(~vmask.view(1, h, w), -math.inf).reshape(S, N)
+    return index, score
+
+
+def cosine_matches_reference(src: Tensor, tgt: Tensor, h: int, w: int, R: float = 4.0, valid: Optional[Tensor] = None,
+                   window: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    """Reference (offset loop) implementation of :func:`cosine_matches`; same results, slower.
 
     ``src [S,N,C]`` tokens of S source frames, ``tgt [N,C]`` keyframe tokens, ``N = h*w`` row-major.
     Returns ``(index [S,N] long, score [S,N])``: the keyframe token within the window that maximises

@@ -159,3 +159,24 @@ def test_unequal_chunks_share_one_merged_length():
 def test_window_uses_absolute_frames_for_chunks():
     groups = tm.frame_groups([6, 7, 8, 9], 4, keyframe_mode="stride")
     assert groups == [(0, [0, 1]), (2, [2, 3])]
+
+
+@settings(max_examples=12, deadline=None)
+@given(h=st.integers(1, 13), w=st.integers(1, 13), R=st.sampled_from([0.0, 1.0, 4.0, 9.0]), seed=st.integers(0, 99),
+       pad=st.booleans())
+def test_tiled_cosine_matches_equal_reference(h, w, R, seed, pad):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randn(2, h * w, 8, generator=g)
+    tgt = torch.randn(h * w, 8, generator=g)
+    valid = tm.valid_token_mask(h, w, h, w, pad_bottom=1, pad_right=1) if pad and h > 1 and w > 1 else None
+    i1, s1 = tm.cosine_matches(src, tgt, h, w, R, valid, tile=4)
+    i2, s2 = tm.cosine_matches_reference(src, tgt, h, w, R, valid)
+    fin = torch.isfinite(s2)
+    assert torch.equal(torch.isfinite(s1), fin)
+    assert torch.allclose(s1[fin], s2[fin], atol=1e-5)
+    # ties may resolve differently: the target the tiled version chose must itself score the best score
+    cos = torch.nn.functional.cosine_similarity(src, tgt[i1], dim=-1)
+    p = torch.arange(h * w)
+    d2 = ((i1 // w - p // w) ** 2 + (i1 % w - p % w) ** 2).float()
+    wgt = torch.exp(-torch.floor(d2 / R)) if R > 0 else (d2 == 0).float()
+    assert torch.allclose((cos * wgt)[fin], s2[fin], atol=1e-5)
