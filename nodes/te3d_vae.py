@@ -1,0 +1,131 @@
+"""TR_TE3DVAEDecode: temporal VAE decoding (DiffVSR §3.3) in overlapping temporal chunks.
+
+Modes: ``te3d`` (the loaded VAE decoder inflated with temporal residual blocks and temporal
+attention; zero-initialised, so without trained weights it equals the 2D decoder; trained weights
+from ``temporal_weights``, see scripts/train_te3d.py), ``share_kv`` (training-free: the decoder's
+mid-block attention of each frame attends to its neighbours' keys/values; SD-style VAEs only) and
+``2d`` (plain per-frame decoding through the same chunked path, for comparison).
+Supported VAEs: TAESD-shaped and SD/SDXL AutoencoderKL (``first_stage_model.decoder``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from comfy_api.latest import io
+
+from ..pipelines import te3d_vae
+
+log = logging.getLogger("temporal_restore")
+
+_CACHE: dict = {}
+
+
+def _decoder_parts(vae):
+    m = vae.first_stage_model
+    if hasattr(m, "taesd_decoder"):
+        return m.taesd_decoder, (lambda z: (z - m.vae_shift) * m.vae_scale), (lambda x: x.sub(0.5).mul(2))
+    if hasattr(m, "decoder") and hasattr(m, "post_quant_conv") and getattr(m, "bn", None) is None:
+        return m.decoder, m.post_quant_conv, None
+    raise ValueError(f"vae: expected a TAESD-shaped or SD-style (AutoencoderKL) image VAE, got {type(m).__name__}")
+
+
+def build_decoder(vae, mode: str, kv_radius: int = 1, weights: str = "") -> te3d_vae.TE3DDecoder:
+    if mode not in ("te3d", "share_kv", "2d"):
+        raise ValueError(f"mode: expected 'te3d', 'share_kv' or '2d', got {mode!r}")
+    if mode == "share_kv" and kv_radius < 1:
+        raise ValueError(f"kv_radius: expected at least 1 neighbour frame for share_kv, got {kv_radius}")
+    if weights and not os.path.isfile(weights):
+        raise ValueError(f"temporal_weights: file not found: {weights}")
+    stamp = os.path.getmtime(weights) if weights else None
+    key = (id(vae.first_stage_model), mode, kv_radius, weights, stamp)
+    if key in _CACHE:
+        return _CACHE[key]
+    dec2d, pre, post = _decoder_parts(vae)
+    if mode == "2d":
+        model = te3d_vae.TE3DDecoder(dec2d, temporal_attention=False, temporal_res=False, pre=pre, post=post)
+    elif mode == "share_kv":
+        if not any(type(x).__name__ == "AttnBlock" for x in dec2d.modules()):
+            raise ValueError("mode: share_kv needs a VAE decoder with mid-block attention (SD-style); "
+                             "this VAE has none, use te3d")
+        model = te3d_vae.TE3DDecoder(dec2d, temporal_attention=False, temporal_res=False, share_kv_radius=kv_radius,
+                                     pre=pre, post=post)
+    else:
+        model = te3d_vae.TE3DDecoder(dec2d, pre=pre, post=post)
+        if weights:
+            import safetensors.torch
+
+            te3d_vae.load_temporal_state_dict(model, safetensors.torch.load_file(weights), source="temporal_weights")
+    p = next(dec2d.parameters())
+    model = model.to(device=p.device, dtype=p.dtype).eval()
+    _CACHE.clear()  # keep one decoder alive at most
+    _CACHE[key] = model
+    return model
+
+
+def te3d_decode(vae, samples: torch.Tensor, mode: str = "te3d", chunk: int = 8, overlap: int = 2,
+                kv_radius: int = 1, weights: str = "") -> torch.Tensor:
+    """LATENT samples ``[T, C, h, w]`` -> IMAGE ``[T, H, W, 3]`` in [0, 1]."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    if samples.dim() != 4:
+        raise ValueError(f"samples: expected image latents [frames, C, h, w], got shape {tuple(samples.shape)}")
+    if samples.shape[0] < 1:
+        raise ValueError("samples: expected at least 1 frame, got 0")
+    mm.load_models_gpu([vae.patcher])
+    model = build_decoder(vae, mode, kv_radius, weights)
+    p = next(model.parameters())
+    plan_len = len(te3d_vae.ilt.plan_windows(samples.shape[0], chunk, overlap))
+    pbar = comfy.utils.ProgressBar(plan_len)
+
+    def on_chunk(i, n):
+        pbar.update_absolute(i + 1, n)
+        mm.throw_exception_if_processing_interrupted()
+
+    def run(z):
+        mm.throw_exception_if_processing_interrupted()
+        return model(z.to(p.device, p.dtype)).float()
+
+    with torch.inference_mode():
+        out = te3d_vae.decode_chunked(run, samples, chunk, overlap, out_device=vae.output_device, on_chunk=on_chunk)
+        out = vae.process_output(out)
+    return out.movedim(1, -1).contiguous()
+
+
+class TE3DVAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="TR_TE3DVAEDecode",
+            display_name="TE3D VAE Decode (Temporal Restore)",
+            category="temporal_restore/vae",
+            description="Temporal-enhanced VAE decoding (DiffVSR §3.3) in overlapping temporal chunks.",
+            inputs=[
+                io.Latent.Input("samples", tooltip="Latent clip [frames, C, h, w] to decode."),
+                io.Vae.Input("vae", tooltip="The image VAE whose decoder is inflated (TAESD-shaped or SD-style)."),
+                io.Combo.Input("mode", options=["te3d", "share_kv", "2d"], default="te3d",
+                               tooltip="te3d: temporal layers (identity until trained; load weights below). "
+                                       "share_kv: training-free mid-block attention over neighbour frames (SD VAE). "
+                                       "2d: per-frame decoding."),
+                io.Int.Input("chunk", default=8, min=1, max=4096, tooltip="Frames decoded together (bounds memory)."),
+                io.Int.Input("overlap", default=2, min=0, max=4095,
+                             tooltip="Frames shared by consecutive chunks, blended with ILT weights; < chunk."),
+                io.Int.Input("kv_radius", default=1, min=1, max=16,
+                             tooltip="share_kv: neighbour frames on each side whose keys/values are shared."),
+                io.String.Input("temporal_weights", default="", optional=True,
+                                tooltip="te3d: path of a .safetensors file with trained temporal layers "
+                                        "(scripts/train_te3d.py); empty = zero-initialised."),
+            ],
+            outputs=[io.Image.Output(display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, samples, vae, mode, chunk, overlap, kv_radius, temporal_weights="") -> io.NodeOutput:
+        img = te3d_decode(vae, samples["samples"], mode, chunk, overlap, kv_radius, (temporal_weights or "").strip())
+        return io.NodeOutput(img)
+
+
+NODES = [TE3DVAEDecode]

@@ -1,0 +1,128 @@
+"""Fine-tune the temporal layers of a TE-3D VAE decoder (DiffVSR §3.3) on video clips.
+
+The 2D decoder comes from a checkpoint (``first_stage_model.*`` keys, e.g. an SD1.5 checkpoint or
+the tiny test checkpoint) or a standalone VAE file; only the inserted temporal layers are trained,
+with L1 reconstruction + temporal consistency (L1 between consecutive-frame differences), on
+latents encoded from clean clips and jittered per frame (the frame-wise inconsistency a diffusion
+restorer leaves). Without ``--clips`` a synthetic moving-pattern clip is used (smoke test / demo).
+
+    .venv/bin/python scripts/train_te3d.py --checkpoint tests/.../tiny_sd15.safetensors --steps 200 \
+        --out models/vae/te3d_temporal.safetensors [--clips a.mp4 b.mp4]
+
+The output holds only the temporal layers; load it in TR_TE3DVAEDecode (``temporal_weights``).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMFY = os.path.join(REPO, ".host", "ComfyUI")
+
+
+def _pack():
+    """The repo as package ``temporal_restore`` without putting the repo root on sys.path."""
+    if "temporal_restore" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("temporal_restore", os.path.join(REPO, "__init__.py"),
+                                                      submodule_search_locations=[REPO])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["temporal_restore"] = mod
+        spec.loader.exec_module(mod)
+    from temporal_restore.pipelines import te3d_vae
+
+    return te3d_vae
+
+
+def load_vae(path: str):
+    if COMFY not in sys.path:
+        sys.path.append(COMFY)
+    import comfy.options  # noqa: F401  (ComfyUI's args stay unparsed: set the device below)
+    from comfy.cli_args import args
+
+    if not torch.cuda.is_available():
+        args.cpu = True
+    import comfy.sd
+    import comfy.utils
+
+    sd = comfy.utils.load_torch_file(path)
+    if any(k.startswith("first_stage_model.") for k in sd):
+        sd = {k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")}
+    vae = comfy.sd.VAE(sd=sd)
+    return vae.first_stage_model.float().cpu().eval()
+
+
+def synthetic_clip(frames: int, size: int, seed: int) -> torch.Tensor:
+    """A smooth pattern translating one pixel per frame: ``[T, 3, size, size]`` in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, size // 4, size // 4, generator=g)
+    big = torch.nn.functional.interpolate(base, size=(size * 2, size * 2), mode="bilinear", align_corners=False)
+    return torch.cat([big[:, :, t:t + size, t:t + size] for t in range(frames)]).clamp(0, 1)
+
+
+def read_clip(path: str, frames: int, size: int) -> torch.Tensor:
+    import av
+    import numpy as np
+
+    out = []
+    with av.open(path) as c:
+        for f in c.decode(video=0):
+            out.append(torch.from_numpy(np.asarray(f.to_ndarray(format="rgb24"))).permute(2, 0, 1).float() / 255)
+            if len(out) == frames:
+                break
+    x = torch.stack(out)
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def encode_raw(model, x01: torch.Tensor) -> tuple[torch.Tensor, torch.nn.Module, torch.Tensor]:
+    """(latents, 2D decoder, target in the decoder's output range) for images in [0, 1]."""
+    with torch.no_grad():
+        if hasattr(model, "taesd_decoder"):
+            return model.taesd_encoder(x01), model.taesd_decoder, x01
+        z = model.encode(x01 * 2 - 1)
+        return model.post_quant_conv(z) if hasattr(model, "post_quant_conv") else z, model.decoder, x01 * 2 - 1
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", required=True, help="checkpoint or VAE .safetensors holding the 2D VAE")
+    ap.add_argument("--out", required=True, help="output .safetensors (temporal layers only)")
+    ap.add_argument("--clips", nargs="*", default=[], help="training clips (video files); default: synthetic")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--temporal-weight", type=float, default=1.0)
+    ap.add_argument("--jitter", type=float, default=0.1, help="per-frame latent jitter (relative to latent std)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.steps < 1 or args.frames < 2:
+        ap.error("--steps must be >= 1 and --frames >= 2")
+    te3d_vae = _pack()
+    torch.manual_seed(args.seed)
+    vae = load_vae(args.checkpoint)
+    clips = [read_clip(p, args.frames, args.size) for p in args.clips] or [synthetic_clip(args.frames, args.size, args.seed)]
+    data = [encode_raw(vae, c) for c in clips]
+    model = te3d_vae.TE3DDecoder(data[0][1])
+    opt = te3d_vae.make_optimizer(model, args.lr)
+    g = torch.Generator().manual_seed(args.seed)
+    fixed = [z + args.jitter * z.std() * torch.randn(z.shape, generator=g) for z, _, _ in data]
+    for step in range(args.steps):
+        k = step % len(data)
+        stats = te3d_vae.train_step(model, opt, fixed[k], data[k][2], args.temporal_weight)
+        print(f"step {step} loss={stats['loss']:.6f} l1={stats['l1']:.6f} temporal={stats['temporal']:.6f}")
+    import safetensors.torch
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in te3d_vae.temporal_state_dict(model).items()}, tmp)
+    os.replace(tmp, args.out)
+    print(f"saved {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""TE-3D VAE decoder: zero-initialised inflation equals the 2D decoder, chunking, K/V sharing,
+weights round trip, the training script, and the ComfyUI node."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from temporal_restore.pipelines import te3d_vae
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def taesd_decoder(comfy_host, tiny):
+    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}}}
+    vae = comfy_host.run(prompt, outputs=["1"])["outputs"]["1"][2]
+    return vae, vae.first_stage_model.taesd_decoder
+
+
+@pytest.fixture
+def sd_decoder(comfy_host):
+    """A small decoder of the full SD-VAE structure (ResnetBlocks, mid-block + up-path attention)."""
+    from comfy.ldm.modules.diffusionmodules.model import Decoder
+
+    dec = Decoder(ch=32, out_ch=3, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=[8], in_channels=3,
+                  resolution=16, z_channels=4)
+    te3d_vae.init_like_comfy(dec, seed=3)
+    return dec.eval()
+
+
+def _z(frames=5, hw=4, seed=0):
+    return torch.randn(frames, 4, hw, hw, generator=torch.Generator().manual_seed(seed))
+
+
+def test_zero_init_equals_2d_taesd_from_checkpoint(taesd_decoder):
+    _, dec = taesd_decoder
+    z = _z(6)
+    with torch.no_grad():
+        ref = dec(z)
+        te = te3d_vae.TE3DDecoder(dec)
+        n_temporal = len(te.temporal_parameters())
+        out = te(z)
+        chunked = te3d_vae.decode_chunked(te, z, chunk=4, overlap=2)
+    assert n_temporal > 0
+    assert ref.abs().max() > 1e-3
+    assert (out - ref).abs().max() <= 1e-5
+    assert (chunked - ref).abs().max() <= 1e-5
+
+
+def test_trained_temporal_layers_mix_frames(taesd_decoder):
+    _, dec = taesd_decoder
+    te = te3d_vae.TE3DDecoder(dec)
+    with torch.no_grad():
+        for p in te.temporal_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        z = _z(4)
+        a = te(z)
+        z2 = z.clone()
+        z2[0] += 1.0
+        b = te(z2)
+    assert (a[1] - b[1]).abs().max() > 1e-5  # frame 1 now sees frame 0
+    with torch.no_grad():
+        single = torch.cat([te(z[i:i + 1]) for i in range(4)])
+    assert (single - a).abs().max() > 1e-5
+
+
+def test_sd_vae_structure_zero_init_and_shared_kv(sd_decoder):
+    dec = sd_decoder
+    z = _z(4, hw=8)
+    with torch.no_grad():
+        ref = dec(z)
+        te = te3d_vae.TE3DDecoder(dec)
+        assert (te(z) - ref).abs().max() <= 1e-5
+        names = [type(m).__name__ for m in te.modules()]
+        assert "TemporalAttention" in names and "TemporalResBlock" in names
+        kv = te3d_vae.TE3DDecoder(dec, temporal_attention=False, temporal_res=False, share_kv_radius=1)
+        static = z[:1].expand(4, -1, -1, -1).contiguous()
+        # identical frames: attending to copies of the same keys/values changes nothing
+        assert (kv(static) - dec(static)).abs().max() <= 1e-5
+        # different frames: the neighbours' K/V change the result
+        assert (kv(z) - ref).abs().max() > 1e-4
+
+
+def test_weights_roundtrip_and_mismatch(taesd_decoder, tmp_path):
+    import safetensors.torch
+
+    _, dec = taesd_decoder
+    te = te3d_vae.TE3DDecoder(dec)
+    with torch.no_grad():
+        for p in te.temporal_parameters():
+            p.normal_(0, 0.02)
+    path = str(tmp_path / "t.safetensors")
+    safetensors.torch.save_file(te3d_vae.temporal_state_dict(te), path)
+    te2 = te3d_vae.TE3DDecoder(dec)
+    te3d_vae.load_temporal_state_dict(te2, safetensors.torch.load_file(path), source="temporal_weights")
+    z = _z(3)
+    with torch.no_grad():
+        assert torch.equal(te(z), te2(z))
+    sd = safetensors.torch.load_file(path)
+    sd.pop(next(iter(sd)))
+    with pytest.raises(ValueError, match="temporal_weights"):
+        te3d_vae.load_temporal_state_dict(te2, sd, source="temporal_weights")
+
+
+def test_train_script_few_steps(tiny, tmp_path):
+    out = str(tmp_path / "te3d.safetensors")
+    cmd = [sys.executable, os.path.join(REPO, "scripts", "train_te3d.py"), "--checkpoint", tiny["checkpoint_path"],
+           "--steps", "4", "--frames", "4", "--size", "32", "--out", out, "--seed", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("step")]
+    assert len(lines) == 4
+    first, last = (float(ln.split("loss=")[1].split()[0]) for ln in (lines[0], lines[-1]))
+    assert last < first
+    import safetensors.torch
+
+    sd = safetensors.torch.load_file(out)
+    assert sd and any(v.abs().max() > 0 for k, v in sd.items() if "conv2" in k or "proj" in k)
+
+
+def test_node_equals_vaedecode_and_modes(comfy_host, tiny):
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 5}},
+        "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": "TR_TE3DVAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 2], "mode": "te3d",
+                                                           "chunk": 3, "overlap": 1, "kv_radius": 1}},
+    }
+    out = comfy_host.run(prompt, outputs=["3", "4"])["outputs"]
+    ref, img = out["3"][0], out["4"][0]
+    assert img.shape == ref.shape == (5, 32, 32, 3)
+    assert (img - ref).abs().max() <= 1e-5
+    prompt["4"]["inputs"]["mode"] = "share_kv"  # TAESD has no attention: clear error
+    with pytest.raises(Exception, match="share_kv"):
+        comfy_host.run(prompt, outputs=["4"])
+    schema = comfy_host.node("TR_TE3DVAEDecode").define_schema()
+    assert all(i.tooltip for i in schema.inputs)
