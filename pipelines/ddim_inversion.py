@@ -135,4 +135,5 @@ def uniform_timestep_sigmas(sigma_fn: Callable[[torch.Tensor], torch.Tensor], t_
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """``||a - b|| / ||b||`` (round-trip quality figure)."""
+    a, b = a.detach(), b.detach()
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
