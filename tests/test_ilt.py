@@ -111,3 +111,140 @@ def test_plan_boundaries_and_carried():
     assert torch.equal(acc, torch.ones(20, dtype=torch.float64))
     with pytest.raises(ValueError, match="blend"):
         ilt.WindowPlan(20, 8, 4, blend_mode="nope")
+
+
+# ---------------------------------------------------------------- node / real ComfyUI (tiny SD1.5)
+
+@pytest.fixture
+def inference():
+    with torch.inference_mode():
+        yield
+
+
+def _objects(comfy_host, tiny, hint_frames=None):
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a clean photo", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": tiny["controlnet"]}},
+    }
+    out = comfy_host.run(prompt, outputs=["1", "2", "3", "4"])["outputs"]
+    model, _, vae = out["1"]
+    return model, vae, out["2"][0], out["3"][0], out["4"][0]
+
+
+def _with_control(cond, control_net, hint):
+    c = control_net.copy().set_cond_hint(hint.movedim(-1, 1), 1.0, (0.0, 1.0))
+    return [[t, dict(d, control=c)] for t, d in cond]
+
+
+def _clip(vae, frames, static, size=32, seed=0):
+    """(IMAGE hint [T,size,size,3], LATENT [T,4,size/8,size/8]); the latent is drawn directly (the
+    tiny VAE's encoder is not needed to test sampling)."""
+    g = torch.Generator().manual_seed(seed)
+    n = 1 if static else frames
+    img = torch.rand((n, size, size, 3), generator=g).expand(frames, -1, -1, -1).contiguous()
+    lat = torch.randn((n, 4, size // 8, size // 8), generator=g).expand(frames, -1, -1, -1).contiguous()
+    return img, lat
+
+
+def _unchunked(model, pos, neg, latent, noise, sigmas, cfg=2.0):
+    import comfy.sample
+    import comfy.samplers
+
+    return comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object("euler"), sigmas, pos, neg,
+                                      latent, seed=0, disable_pbar=True)
+
+
+def _sigmas(model, steps=3):
+    import comfy.samplers
+
+    return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps)
+
+
+@pytest.mark.parametrize("mode", ["fused", "sequential"])
+def test_chunked_static_clip_equals_unchunked(comfy_host, tiny, mode, inference):
+    from temporal_restore.nodes import ilt as ilt_node
+    import comfy.samplers
+
+    model, vae, pos, neg, _ = _objects(comfy_host, tiny)
+    T, window, overlap = 11, 4, 2
+    _, latent = _clip(vae, T, static=True)
+    sigmas = _sigmas(model)
+    noise = ilt.reschedule_noise(T, window, overlap, latent.shape[1:], seed=3)
+    ref = _unchunked(model, pos, neg, latent, noise, sigmas)
+    out = ilt_node.chunked_sample(model, pos, neg, {"samples": latent}, 3, 2.0, comfy.samplers.sampler_object("euler"),
+                                  sigmas, window=window, overlap=overlap, mode=mode)["samples"]
+    assert out.shape == ref.shape == latent.shape
+    assert (ref - latent).abs().max() > 1e-2  # the model really changed the latent
+    assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+
+
+def test_controlnet_hint_sliced_per_window_equals_unchunked(comfy_host, tiny, inference):
+    """Per-frame ControlNet hints: a chunked run sees each window's own hint frames, so on a
+    frame-independent model it reproduces the unchunked run (a wrongly sliced hint would not)."""
+    from temporal_restore.nodes import ilt as ilt_node
+    import comfy.samplers
+
+    model, vae, pos, neg, cnet = _objects(comfy_host, tiny)
+    T = 7
+    img, latent = _clip(vae, T, static=False, seed=5)
+    pos_c, neg_c = _with_control(pos, cnet, img), _with_control(neg, cnet, img)
+    sigmas = _sigmas(model)
+    noise = ilt.reschedule_noise(T, 4, 2, latent.shape[1:], seed=1)
+    ref = _unchunked(model, pos_c, neg_c, latent, noise, sigmas)
+    no_cn = _unchunked(model, pos, neg, latent, noise, sigmas)
+    assert (ref - no_cn).abs().max() > 1e-4  # the ControlNet matters
+    # a hint where every frame is frame 0 (what a wrongly sliced window would see)
+    for mode in ("fused", "sequential"):
+        out = ilt_node.chunked_sample(model, pos_c, neg_c, {"samples": latent}, 1, 2.0,
+                                      comfy.samplers.sampler_object("euler"), sigmas, window=4, overlap=2,
+                                      mode=mode)["samples"]
+        assert torch.allclose(out, ref, atol=1e-5), (mode, (out - ref).abs().max())
+
+
+def test_frame_index_published_per_window(comfy_host, tiny, inference):
+    from temporal_restore.nodes import ilt as ilt_node
+    from temporal_restore.nodes._patching import chunk_layout, frame_index
+    import comfy.samplers
+
+    model, vae, pos, neg, _ = _objects(comfy_host, tiny)
+    seen = []
+
+    def spy(q, k, v, extra_options):
+        n, frames = chunk_layout(extra_options, q.shape[0])
+        seen.append(tuple(frame_index(extra_options, frames)))
+        return q, k, v
+
+    m = model.clone()
+    m.set_model_attn1_patch(spy)
+    _, latent = _clip(vae, 10, static=False)
+    for mode in ("fused", "sequential"):
+        seen.clear()
+        ilt_node.chunked_sample(m, pos, neg, {"samples": latent}, 0, 2.0, comfy.samplers.sampler_object("euler"),
+                                _sigmas(model, 2), window=6, overlap=2, mode=mode)
+        assert set(seen) == {tuple(range(0, 6)), tuple(range(4, 10))}
+
+
+def _graph(tiny, frames=10, window=4, overlap=2, mode="fused"):
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a clean photo", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": frames}},
+        "5": {"class_type": "TR_ILTChunker", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0], "seed": 1, "cfg": 2.0,
+            "sampler_name": "euler", "scheduler": "normal", "steps": 2, "denoise": 1.0, "window": window,
+            "overlap": overlap, "mode": mode, "noise": "rescheduled", "carry_state": True}},
+    }
+
+
+def test_node_runs_in_graph_and_rejects_bad_overlap(comfy_host, tiny):
+    out = comfy_host.run(_graph(tiny, mode="sequential"), outputs=["5"])["outputs"]["5"][0]["samples"]
+    assert out.shape == (10, 4, 4, 4) and torch.isfinite(out).all()
+    short = comfy_host.run(_graph(tiny, frames=3, window=8, overlap=4), outputs=["5"])["outputs"]["5"][0]["samples"]
+    assert short.shape == (3, 4, 4, 4)
+    with pytest.raises(Exception, match="overlap"):
+        comfy_host.run(_graph(tiny, window=4, overlap=4), outputs=["5"])
+    schema = comfy_host.node("TR_ILTChunker").define_schema()
+    assert all(i.tooltip for i in schema.inputs)

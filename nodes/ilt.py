@@ -1,0 +1,341 @@
+"""TR_ILTChunker: sample a clip of any length in overlapping windows (DiffVSR §3.4, Eq. 4).
+
+Two modes:
+
+* ``fused``: one sampler run over the whole latent; every model call is split into windows (each
+  window's conditioning, ControlNet hint and ``frame_index`` sliced to its frames) and the per-window
+  denoised predictions are blended with the Eq. 4 weights at every step, so all windows advance
+  together and overlaps agree at every step. Activation memory is bounded by one window; the latent
+  of the whole clip is held (it is small: ``[T, 4, H/8, W/8]``).
+* ``sequential``: windows sampled one after the other, each a full sampler run on its frames. With
+  ``carry_state`` the previous window's denoised predictions on the shared frames (recorded per
+  sigma) are blended into the current window's predictions with the Eq. 4 weights, so the overlap
+  frames follow the previous window's trajectory at the seam and hand over to the new window
+  gradually; the results are then fused with the Eq. 4 weights. Patches may also keep per-window
+  state (e.g. attention K/V of boundary frames) in ``transformer_options["temporal_restore"]
+  ["ilt_state"]`` (a dict that persists across the windows of one run; ``"window"`` is the index).
+
+Both modes use the rescheduled noise (same noise frames reused and reordered across overlaps) unless
+``noise`` is ``independent`` (ComfyUI's ``prepare_noise`` over the whole clip). Any stock SAMPLER and
+SIGMAS (or sampler_name / scheduler / steps / denoise) and any model patches work; each window's
+absolute frame indices are published in ``transformer_options["temporal_restore"]["frame_index"]``.
+Conditioning tensors, ControlNet hints (``cond_hint_original``) and the noise mask whose batch equals
+the clip length are sliced per window; batch-1 ones are shared. Conditioning hooks are applied on the
+whole-clip conditioning only (not re-resolved per window).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from comfy_api.latest import io
+
+from ..pipelines import ilt
+
+log = logging.getLogger("temporal_restore")
+
+KEY = "ilt_state"
+
+
+def _slice_tensor(v, sl: slice, total: int):
+    if torch.is_tensor(v) and v.dim() > 0 and total > 1 and v.shape[0] == total:
+        return v[sl]
+    return v
+
+
+def _slice_control(control, sl: slice, total: int, memo: dict):
+    if control is None:
+        return None
+    if id(control) in memo:
+        return memo[id(control)]
+    c = control.copy()
+    c.cond_hint_original = _slice_tensor(control.cond_hint_original, sl, total)
+    c.extra_concat_orig = [_slice_tensor(e, sl, total) for e in getattr(control, "extra_concat_orig", [])]
+    if getattr(control, "previous_controlnet", None) is not None:
+        c.previous_controlnet = _slice_control(control.previous_controlnet, sl, total, memo)
+    memo[id(control)] = c
+    return c
+
+
+def slice_conditioning(cond, sl: slice, total: int, memo: dict):
+    """CONDITIONING restricted to frames ``sl`` of a ``total``-frame clip (per-frame tensors sliced,
+    ControlNets copied with their hint sliced; ``memo`` shares copies between positive/negative)."""
+    out = []
+    for t, d in cond:
+        d2 = {}
+        for k, v in d.items():
+            if k == "control":
+                d2[k] = _slice_control(v, sl, total, memo)
+            else:
+                d2[k] = _slice_tensor(v, sl, total)
+        out.append([_slice_tensor(t, sl, total), d2])
+    return out
+
+
+def _controls(conds):
+    seen = []
+    for v in conds.values():
+        for c in v:
+            ctl = c.get("control")
+            while ctl is not None:
+                if all(ctl is not s for s in seen):
+                    seen.append(ctl)
+                ctl = getattr(ctl, "previous_controlnet", None)
+    return seen
+
+
+class _Progress:
+    def __init__(self, total: int):
+        import comfy.utils
+
+        self.total = max(1, int(total))
+        self.done = 0
+        self.bar = comfy.utils.ProgressBar(self.total)
+
+    def tick(self):
+        self.done += 1
+        self.bar.update_absolute(min(self.done, self.total), self.total)
+
+
+def _make_guider_class():
+    import comfy.model_management
+    import comfy.samplers
+    import comfy.sampler_helpers
+
+    class WindowedGuider(comfy.samplers.CFGGuider):
+        """CFGGuider whose prediction is the Eq. 4 blend of per-window predictions.
+
+        ``parts``: list of ``(local_slice, frame_index, weight[len], raw_conds)``; ``carry``: optional
+        dict for sequential mode (see module docstring)."""
+
+        def set_windows(self, parts, progress=None, carry=None, state=None):
+            self.parts = parts
+            self.progress = progress
+            self.carry = carry
+            self.state = {} if state is None else state
+
+        def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback,
+                         disable_pbar, seed, latent_shapes=None):
+            li = latent_image
+            if li is not None and torch.count_nonzero(li) > 0:
+                li = self.inner_model.process_latent_in(li)
+            self.window_conds = []
+            for sl, _, _, raw in self.parts:
+                conds = {k: [c.copy() for c in comfy.sampler_helpers.convert_cond(v)] for k, v in raw.items()}
+                dm = None if denoise_mask is None else denoise_mask[sl]
+                self.window_conds.append(comfy.samplers.process_conds(
+                    self.inner_model, noise[sl], conds, device, None if li is None else li[sl], dm, seed))
+            try:
+                return super().inner_sample(noise, latent_image, device, sampler, sigmas, denoise_mask, callback,
+                                            disable_pbar, seed, latent_shapes=latent_shapes)
+            finally:
+                for wc in self.window_conds:
+                    for ctl in _controls(wc):
+                        ctl.cleanup()
+                self.window_conds = []
+
+        def predict_noise(self, x, timestep, model_options={}, seed=None):
+            out = torch.zeros_like(x)
+            per_item = torch.is_tensor(timestep) and timestep.dim() > 0 and timestep.shape[0] == x.shape[0]
+            for (sl, fidx, weight, _), wc in zip(self.parts, self.window_conds):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                mo = dict(model_options)
+                to = dict(mo.get("transformer_options", {}))
+                ns = dict(to.get("temporal_restore", {}))
+                ns["frame_index"] = list(fidx)
+                ns[KEY] = self.state
+                to["temporal_restore"] = ns
+                mo["transformer_options"] = to
+                ts = timestep[sl] if per_item else timestep
+                d = comfy.samplers.sampling_function(self.inner_model, x[sl], ts, wc.get("negative"),
+                                                     wc.get("positive"), self.cfg, model_options=mo, seed=seed)
+                if self.carry is not None:
+                    d = self._carry(d, ts)
+                w = weight.to(device=d.device, dtype=d.dtype).reshape((-1,) + (1,) * (d.dim() - 1))
+                out[sl] += w * d
+                if self.progress is not None:
+                    self.progress.tick()
+            return out
+
+        def _carry(self, d, ts):
+            key = round(float(ts.flatten()[0]), 5)
+            prev = self.carry["prev"].get(key)
+            pos, alpha = self.carry["pos"], self.carry["alpha"]
+            if prev is not None and pos:
+                a = alpha.to(device=d.device, dtype=d.dtype).reshape((-1,) + (1,) * (d.dim() - 1))
+                d = d.clone()
+                d[pos] = a * prev.to(d) + (1 - a) * d[pos]
+            if self.carry["next_pos"]:
+                self.carry["next"][key] = d[self.carry["next_pos"]].detach().clone()
+            return d
+
+    return WindowedGuider
+
+
+def chunked_sample(model, positive, negative, latent: dict, seed: int, cfg: float, sampler, sigmas,
+                   window: int = 8, overlap: int = 4, mode: str = "fused", noise_mode: str = "rescheduled",
+                   carry_state: bool = True, blend_mode: str = "ilt", progress: bool = True) -> dict:
+    """Sample ``latent`` (``{"samples": [T,C,h,w], ...}``) in overlapping windows. Returns a LATENT."""
+    import comfy.model_management
+    import comfy.sample
+    import comfy.utils
+
+    if mode not in ("fused", "sequential"):
+        raise ValueError(f"mode: expected 'fused' or 'sequential', got {mode!r}")
+    if noise_mode not in ("rescheduled", "independent"):
+        raise ValueError(f"noise: expected 'rescheduled' or 'independent', got {noise_mode!r}")
+    samples = latent["samples"]
+    if samples.is_nested or samples.dim() != 4:
+        raise ValueError(f"latent: expected image latents [frames, C, h, w], got shape {tuple(samples.shape)}")
+    total = int(samples.shape[0])
+    if total < 1:
+        raise ValueError("latent: expected at least 1 frame, got 0")
+    latent_image = comfy.sample.fix_empty_latent_channels(model, samples)
+    plan = ilt.WindowPlan(total, window, overlap, blend_mode)
+    if noise_mode == "rescheduled":
+        noise = ilt.reschedule_noise(total, window, overlap, latent_image.shape[1:], seed=seed,
+                                     dtype=latent_image.dtype, windows=plan.windows)
+    else:
+        noise = comfy.sample.prepare_noise(latent_image, seed)
+    noise_mask = latent.get("noise_mask")
+    steps = max(1, int(sigmas.shape[-1]) - 1)
+    pbar = _Progress(len(plan) * steps) if progress else None
+    disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+    Guider = _make_guider_class()
+    state: dict = {}
+
+    def parts_for(indices, local):
+        parts = []
+        for i in indices:
+            w = plan.windows[i]
+            sl_abs = slice(w.start, w.end)
+            memo: dict = {}
+            raw = {"positive": slice_conditioning(positive, sl_abs, total, memo),
+                   "negative": slice_conditioning(negative, sl_abs, total, memo)}
+            sl = slice(0, len(w)) if local else sl_abs
+            weight = torch.ones(len(w), dtype=torch.float64) if local else plan.weights[i]
+            parts.append((sl, w.frames, weight, raw))
+        return parts
+
+    if mode == "fused":
+        guider = Guider(model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        guider.set_windows(parts_for(range(len(plan)), local=False), pbar, None, state)
+        state["window"] = None
+        out = guider.sample(noise, latent_image, sampler, sigmas, denoise_mask=noise_mask, callback=None,
+                            disable_pbar=disable_pbar, seed=seed)
+        out = out.to(comfy.model_management.intermediate_device())
+    else:
+        out = None
+        carry = {"prev": {}, "next": {}, "pos": [], "alpha": torch.zeros(0), "next_pos": []}
+        for i, w in enumerate(plan.windows):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            sl = slice(w.start, w.end)
+            parts = parts_for([i], local=True)
+            guider = Guider(model)
+            guider.set_conds(parts[0][3]["positive"], parts[0][3]["negative"])
+            guider.set_cfg(cfg)
+            if carry_state:
+                pos, alpha = plan.carried(i)
+                nxt = plan.carried(i + 1)[0] if i + 1 < len(plan) else []
+                carry.update(pos=pos, alpha=alpha,
+                             next_pos=[plan.windows[i + 1].start - w.start + p for p in nxt], next={})
+            state["window"] = i
+            guider.set_windows(parts, pbar, carry if carry_state else None, state)
+            mask = _slice_tensor(noise_mask, sl, total) if noise_mask is not None else None
+            res = guider.sample(noise[sl], latent_image[sl], sampler, sigmas, denoise_mask=mask, callback=None,
+                                disable_pbar=disable_pbar, seed=seed)
+            res = res.to(comfy.model_management.intermediate_device())
+            if out is None:
+                out = torch.zeros((total,) + tuple(res.shape[1:]), dtype=res.dtype, device=res.device)
+            wt = plan.weights[i].to(res).reshape((-1,) + (1,) * (res.dim() - 1))
+            out[sl] += wt * res
+            if carry_state:
+                carry["prev"], carry["next"] = carry["next"], {}
+            del res, guider
+    result = latent.copy()
+    result.pop("downscale_ratio_spacial", None)
+    result["samples"] = out
+    return result
+
+
+def resolve_sampler(model, sampler, sigmas, sampler_name, scheduler, steps, denoise):
+    import comfy.samplers
+
+    if sampler is None:
+        sampler = comfy.samplers.sampler_object(sampler_name)
+    if sigmas is None:
+        ks = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
+                                     scheduler=scheduler, denoise=denoise)
+        sigmas = ks.sigmas
+    return sampler, sigmas
+
+
+def _sampler_names():
+    try:
+        import comfy.samplers
+
+        return list(comfy.samplers.KSampler.SAMPLERS), list(comfy.samplers.KSampler.SCHEDULERS)
+    except Exception:  # schema built outside ComfyUI
+        return ["euler"], ["normal"]
+
+
+class ILTChunker(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        samplers, schedulers = _sampler_names()
+        return io.Schema(
+            node_id="TR_ILTChunker",
+            display_name="ILT Chunker (Temporal Restore)",
+            category="temporal_restore/sampling",
+            description="Samples a clip of any length in overlapping windows, blended with ILT (DiffVSR Eq. 4) "
+                        "and rescheduled noise.",
+            inputs=[
+                io.Model.Input("model", tooltip="The (patched) diffusion model."),
+                io.Conditioning.Input("positive", tooltip="Positive conditioning; per-frame batches and "
+                                      "ControlNet hints with one entry per frame are sliced per window."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning (sliced like positive)."),
+                io.Latent.Input("latent", tooltip="Latent clip [frames, C, h, w] (e.g. VAEEncode of the frames)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Seed of the noise (base noise frames for rescheduling)."),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale."),
+                io.Combo.Input("sampler_name", options=samplers, default="euler" if "euler" in samplers else samplers[0],
+                               tooltip="Sampler used when no SAMPLER input is connected."),
+                io.Combo.Input("scheduler", options=schedulers, default="normal" if "normal" in schedulers else schedulers[0],
+                               tooltip="Scheduler used when no SIGMAS input is connected."),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Steps when no SIGMAS input is connected."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Denoise strength when no SIGMAS input is connected."),
+                io.Int.Input("window", default=8, min=1, max=4096, tooltip="Frames per window (DiffVSR uses 8)."),
+                io.Int.Input("overlap", default=4, min=0, max=4095,
+                             tooltip="Frames shared by consecutive windows; must be smaller than window."),
+                io.Combo.Input("mode", options=["fused", "sequential"], default="fused",
+                               tooltip="fused: all windows advance together, predictions blended every step. "
+                                       "sequential: one window after another (bounded memory), overlap carried in."),
+                io.Combo.Input("noise", options=["rescheduled", "independent"], default="rescheduled",
+                               tooltip="rescheduled: the same noise frames reused and reordered across overlaps "
+                                       "(FreeNoise / DiffVSR). independent: ComfyUI noise for the whole clip."),
+                io.Boolean.Input("carry_state", default=True,
+                                 tooltip="sequential mode: blend the previous window's per-step predictions into "
+                                         "the overlap frames (seamless boundaries)."),
+                io.Sampler.Input("sampler", optional=True, tooltip="Optional SAMPLER (overrides sampler_name)."),
+                io.Sigmas.Input("sigmas", optional=True, tooltip="Optional SIGMAS (overrides scheduler/steps/denoise)."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent, seed, cfg, sampler_name, scheduler, steps, denoise,
+                window, overlap, mode, noise, carry_state, sampler=None, sigmas=None) -> io.NodeOutput:
+        sampler, sigmas = resolve_sampler(model, sampler, sigmas, sampler_name, scheduler, steps, denoise)
+        if sigmas.shape[-1] <= 1:
+            return io.NodeOutput(latent)
+        out = chunked_sample(model, positive, negative, latent, seed, cfg, sampler, sigmas, window=window,
+                             overlap=overlap, mode=mode, noise_mode=noise, carry_state=carry_state)
+        return io.NodeOutput(out)
+
+
+NODES = [ILTChunker]
