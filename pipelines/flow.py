@@ -429,8 +429,8 @@ def estimate_pair(a, b, preset: str = "medium", _dis_obj=None) -> Tensor:
 class RaftEstimator:
     """torchvision RAFT (small or large, detected from the weights) loaded from a local file.
 
-    ``RaftEstimator(path)(a [N,H,W,3] float 0..1, b) -> [N,2,H,W]``.  Frames are padded to a
-    multiple of 8 (replicate) and the padding is cropped off the result.
+    ``RaftEstimator(path)(a [N,H,W,3] float 0..1, b) -> [N,2,H,W]``.  Frames are padded
+    (replicate) to a multiple of 8 and at least 128 per side, and the padding is cropped off.
     """
 
     def __init__(self, path: str, device=None, iters: int = 12):
@@ -476,7 +476,8 @@ class RaftEstimator:
         if a.ndim == 3:
             a, b = a[None], b[None]
         _, h, w, _ = a.shape
-        ph, pw = (-h) % 8, (-w) % 8
+        # RAFT needs sides that are multiples of 8 and at least 128 (its correlation pyramid)
+        ph, pw = max((-h) % 8, 128 - h), max((-w) % 8, 128 - w)
         x1 = a.permute(0, 3, 1, 2).to(self.device) * 2 - 1
         x2 = b.permute(0, 3, 1, 2).to(self.device) * 2 - 1
         if ph or pw:

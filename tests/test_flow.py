@@ -221,3 +221,17 @@ def test_estimate_flow_out_size_and_keyframes():
     # direct keyframe flow ~ sum of three neighbour flows
     chained, _, _ = ff.select([0, 1, 2, 3]).between(0, 3)
     assert fl.end_point_error(ff.key_forward[..., 3:-3, 3:-3], chained[None, :, 3:-3, 3:-3]) < 0.3
+
+
+def test_raft_from_a_weights_file_small_detected_and_runs(tmp_path):
+    from torchvision.models.optical_flow import raft_small
+
+    torch.manual_seed(0)
+    path = tmp_path / "raft_small_random.pth"
+    torch.save(raft_small(weights=None, progress=False).state_dict(), path)
+    est = fl.RaftEstimator(str(path), iters=2)
+    assert est.kind == "raft_small"
+    frames = torch.rand(3, 36, 44, 3)  # not a multiple of 8: padded and cropped
+    ff = fl.estimate_flow(frames, backend="raft", raft=est)
+    assert ff.forward.shape == (2, 2, 36, 44) and ff.backend == "raft"
+    assert torch.isfinite(ff.forward).all()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 
-def _sampler_prompt(tiny, patch_nodes=None, model_ref=("ckpt", 0), frames=4, steps=4, size=64, flow_image=True):
+def _sampler_prompt(tiny, patch_nodes=None, model_ref=("ckpt", 0), frames=4, steps=2, size=64, flow_image=True):
     """EmptyImage (frames moving? no: constant) -> flow; checkpoint -> patches -> KSampler on an empty latent."""
     p = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
@@ -102,11 +102,11 @@ def _tm(model_ref, ratio, **kw):
 
 
 def test_token_merge_ratio_zero_bit_identical_enabled_differs(comfy_host, tiny):
-    base = _samples(comfy_host, _sampler_prompt(tiny, steps=3))
-    off = _samples(comfy_host, _sampler_prompt(tiny, {"tm": _tm(("ckpt", 0), 0.0)}, model_ref=("tm", 0), steps=3))
+    base = _samples(comfy_host, _sampler_prompt(tiny, steps=2))
+    off = _samples(comfy_host, _sampler_prompt(tiny, {"tm": _tm(("ckpt", 0), 0.0)}, model_ref=("tm", 0), steps=2))
     on_node = _tm(("ckpt", 0), 0.9)
     on_node["inputs"]["flow"] = ["flow", 0]
-    on = _samples(comfy_host, _sampler_prompt(tiny, {"tm": on_node}, model_ref=("tm", 0), steps=3))
+    on = _samples(comfy_host, _sampler_prompt(tiny, {"tm": on_node}, model_ref=("tm", 0), steps=2))
     assert torch.equal(off, base)
     assert on.shape == base.shape and torch.isfinite(on).all()
     assert not torch.allclose(on, base, atol=1e-4)
@@ -192,7 +192,7 @@ def test_diffir2vr_workflow_runs_end_to_end_over_http(server, tiny):
     assert {"TR_FlowEstimate", "TR_LatentWarp", "TR_TokenMerge", "ControlNetApplyAdvanced"} <= kinds
     for node in prompt.values():
         if node["class_type"] == "KSampler":
-            node["inputs"]["steps"] = 3
+            node["inputs"]["steps"] = 2
     entry = server.run(prompt)
     videos = [f for f in server.output_files(entry) if f.endswith(".mp4")]
     assert videos, entry.get("outputs")
