@@ -235,3 +235,21 @@ def test_raft_from_a_weights_file_small_detected_and_runs(tmp_path):
     ff = fl.estimate_flow(frames, backend="raft", raft=est)
     assert ff.forward.shape == (2, 2, 36, 44) and ff.backend == "raft"
     assert torch.isfinite(ff.forward).all()
+
+
+def test_dis_on_measuring_stick_clip_epe_and_occlusion_recall():
+    """Mixed camera motion + a moving object (pipelines/synthetic.py ground truth): EPE on valid pixels
+    is bounded, and the fb check flags a good share of the true occlusions."""
+    synthetic = pytest.importorskip("temporal_restore.pipelines.synthetic")
+    clip = synthetic.make_clip("astronaut", frames=4, height=96, width=128, motion="mixed", seed=1)
+    ff = fl.estimate_flow(clip.frames)
+    valid = (~clip.occlusion).unsqueeze(1).float()
+    epe = fl.end_point_error(ff.forward, clip.flow, valid)
+    zero = fl.end_point_error(torch.zeros_like(clip.flow), clip.flow, valid)
+    occ_true = clip.occlusion.unsqueeze(1)
+    recall = float((ff.occlusion_fwd.bool() & occ_true).sum() / occ_true.sum().clamp_min(1))
+    false_pos = float((ff.occlusion_fwd.bool() & ~occ_true).sum() / (~occ_true).sum())
+    print(f"DIS medium on synthetic mixed-motion clip: EPE {epe:.3f} px (zero flow {zero:.3f}), "
+          f"occlusion recall {recall:.2f}, false positives {false_pos:.3f}")
+    assert epe < 0.35 * zero and epe < 1.0
+    assert recall > 0.3 and false_pos < 0.15
