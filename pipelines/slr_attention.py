@@ -248,16 +248,24 @@ def trajectory_attention(qhat: Tensor, k: Tensor, v: Tensor, traj: Tensor, heads
     d = Cd // heads
     out = torch.empty_like(qhat)
     scale = 1.0 / math.sqrt(d)
-    for i in range(T):
-        others = torch.tensor([j for j in range(T) if j != i], device=qhat.device)
-        pos = traj[i, others]  # [T-1, N]
-        kt = k[others[:, None], pos]  # [T-1, N, Cd]
-        vt = v[others[:, None], pos]
-        qh = qhat[i].reshape(N, heads, d).float()
-        kh = kt.reshape(T - 1, N, heads, d).float()
-        vh = vt.reshape(T - 1, N, heads, d).float()
-        w = torch.einsum("nhd,mnhd->nhm", qh, kh).mul_(scale).softmax(-1)
-        out[i] = torch.einsum("nhm,mnhd->nhd", w, vh).reshape(N, Cd).to(qhat.dtype)
+    cdt = torch.float32 if qhat.dtype in (torch.float16, torch.bfloat16) else qhat.dtype
+    # frames are processed in groups so the gathered K/V stay under ~max_elems elements
+    max_elems = 1 << 25
+    group = max(1, min(T, max_elems // max(1, T * N * Cd)))
+    frames = torch.arange(T, device=qhat.device)
+    kf, vf = k.reshape(T * N, Cd), v.reshape(T * N, Cd)
+    for a in range(0, T, group):
+        b = min(T, a + group)
+        G = b - a
+        flat = (traj[a:b] + frames[None, :, None] * N).reshape(-1)          # [G*T*N] rows of k/v
+        kt = kf.index_select(0, flat).to(cdt).view(G, T, N, heads, d)       # [G,T,N,h,d]
+        vt = vf.index_select(0, flat).to(cdt).view(G, T, N, heads, d)
+        qh = qhat[a:b].to(cdt).view(G, 1, N, heads, d)
+        s = (kt * qh).sum(-1).mul_(scale)                                   # [G,T,N,h]
+        self_mask = frames[None, :] == torch.arange(a, b, device=qhat.device)[:, None]  # [G,T]: [Traj - p]
+        s = s.masked_fill(self_mask[:, :, None, None], float("-inf")).softmax(1)
+        o = (s.unsqueeze(-1) * vt).sum(1)                                   # [G,N,h,d]
+        out[a:b] = o.reshape(G, N, Cd).to(qhat.dtype)
     return out
 
 

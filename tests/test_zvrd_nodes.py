@@ -15,12 +15,17 @@ IDS = ("TR_SLRAttention", "TR_TCGuidance", "TR_NoiseShare", "TR_NoiseShareSample
 def zv(comfy_host, tiny):
     import comfy.sd
 
+    # 2 shared cores: OpenMP spin-waiting with several threads makes a 1 s run take ~50 s under load
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(tiny["checkpoint_path"], output_vae=True, output_clip=True)
     enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
     g = torch.Generator().manual_seed(0)
     latent = torch.randn(FRAMES, 4, LAT, LAT, generator=g)
     noise = torch.randn(FRAMES, 4, LAT, LAT, generator=g)
-    return {"model": model, "vae": vae, "pos": enc("a clean photo"), "neg": enc(""), "latent": latent, "noise": noise}
+    yield {"model": model, "vae": vae, "pos": enc("a clean photo"), "neg": enc(""), "latent": latent, "noise": noise}
+    torch.set_num_threads(threads)
 
 
 def _mods():

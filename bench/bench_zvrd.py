@@ -1,0 +1,120 @@
+"""Sampling-time overhead of each ZVRD component over stock sampling, measured side by side in one run.
+
+Tiny SD1.5-shaped model (tests/tiny_models.py), 16 frames, CFG (cond + uncond chunks), Euler /
+Euler ancestral. Runs are interleaved round-robin and the median per configuration is reported, so
+load from other processes hits every configuration alike.
+
+    .venv/bin/python bench/bench_zvrd.py [--frames 16] [--size 128] [--steps 10] [--repeats 3]
+
+Targets (issue): SLR <= 1.3x, NoiseShare <= 1.05x. On the tiny model the UNet is very cheap, so the
+fixed per-step costs of the patches weigh far more than they would on a real SD1.5.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMFY = os.environ.get("TR_COMFY_DIR", os.path.join(REPO, ".host", "ComfyUI"))
+
+
+def _setup():
+    sys.path.insert(0, COMFY)
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import comfy.options  # noqa: F401
+    from comfy.cli_args import args
+
+    args.cpu = True
+    if "temporal_restore" not in sys.modules:  # the pack as a package, without the repo on sys.path
+        spec = importlib.util.spec_from_file_location("temporal_restore", os.path.join(REPO, "__init__.py"),
+                                                      submodule_search_locations=[REPO])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["temporal_restore"] = mod
+        spec.loader.exec_module(mod)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    _setup()
+    import torch
+
+    torch.set_num_threads(1)  # oversubscribed OpenMP spinning makes timings meaningless on a shared box
+    import comfy.sample
+    import comfy.samplers
+    import comfy.sd
+    import tiny_models
+
+    from temporal_restore.nodes import early_stop, noise_share, slr_attention, tc_guidance
+    from temporal_restore.pipelines import noise_share as nsh
+    from temporal_restore.pipelines.flow import estimate_flow
+
+    tiny_models.register()
+    cached = os.path.join(REPO, ".host", "test-work", "inprocess", "models")  # the test harness's cache
+    paths = tiny_models.build(cached if os.path.isdir(cached) else os.path.join(tempfile.gettempdir(), "tr_bench_models"))
+    print("tiny model ready", flush=True)
+    model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(paths["checkpoint_path"], output_vae=True, output_clip=True)
+    enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
+    pos, neg = enc("a clean photo"), enc("")
+    T, S, lat = a.frames, a.size, a.size // 8
+    g = torch.Generator().manual_seed(0)
+    # a moving texture so flow / trajectories have something to track
+    yy, xx = torch.meshgrid(torch.arange(S + 2 * T, dtype=torch.float32), torch.arange(S + 2 * T, dtype=torch.float32), indexing="ij")
+    tex = torch.stack([torch.sin(xx * 0.21 + yy * 0.05), torch.cos(yy * 0.17), torch.sin((xx + yy) * 0.11)], -1) * 0.5 + 0.5
+    frames = torch.stack([tex[T:T + S, t:t + S] for t in range(T)])
+    t0 = time.perf_counter()
+    flow = estimate_flow(frames, out_size=(lat, lat))
+    t_flow = time.perf_counter() - t0
+    latent = torch.randn(T, 4, lat, lat, generator=g)
+    noise = torch.randn(T, 4, lat, lat, generator=g)
+    sig = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", a.steps).cpu()
+
+    def run(m, sampler):
+        guider = comfy.samplers.CFGGuider(m)
+        guider.set_conds(pos, neg)
+        guider.set_cfg(2.0)
+        t = time.perf_counter()
+        guider.sample(noise.clone(), latent.clone(), sampler, sig.clone(), disable_pbar=True, seed=0)
+        return time.perf_counter() - t
+
+    eul = comfy.samplers.sampler_object("euler")
+    anc = comfy.samplers.sampler_object("euler_ancestral")
+    share = nsh.NoiseShare(0, flow)
+    configs = {
+        "stock euler": (model, eul),
+        "SLR (x0 flow + input flow)": (slr_attention.install_slr(model, flow=flow)[0], eul),
+        "SLR (input flow only)": (slr_attention.install_slr(model, flow=flow, x0_flow=False)[0], eul),
+        "SLR cross-neighbour only": (slr_attention.install_slr(model, trajectory_start=1.0)[0], eul),
+        "TC guidance (input flow)": (tc_guidance.install_tc_guidance(model, 0.1, 0.5, flow=flow)[0], eul),
+        "TC guidance (x0 flow)": (tc_guidance.install_tc_guidance(model, 0.1, 0.5)[0], eul),
+        "stock euler_ancestral": (model, anc),
+        "NoiseShare euler_ancestral": (model, noise_share.NoiseShareSampler(anc, share)),
+        "EarlyStop 0.8": (model, early_stop.EarlyStopSampler(eul, 0.8)),
+    }
+    for k, (m, s) in configs.items():  # warm-up (first-call costs, DIS init)
+        print(f"  warm-up {k}: {run(m, s):.2f}s", flush=True)
+    times = {k: [] for k in configs}
+    for _ in range(a.repeats):
+        for k, (m, s) in configs.items():
+            times[k].append(run(m, s))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"ZVRD overhead, tiny SD1.5 model, {T} frames {S}x{S} (latent {lat}x{lat}), {a.steps} steps, CFG 2, "
+          f"median of {a.repeats} interleaved runs; input flow estimation (once per clip, not counted): {t_flow:.2f}s")
+    ref = {"stock euler_ancestral": med["stock euler_ancestral"], "NoiseShare euler_ancestral": med["stock euler_ancestral"]}
+    for k, v in med.items():
+        base = ref.get(k, med["stock euler"])
+        print(f"  {k:32s} {v:7.3f}s   {v / base:5.2f}x")
+    print("targets: SLR <= 1.3x, NoiseShare <= 1.05x")
+
+
+if __name__ == "__main__":
+    main()
