@@ -201,3 +201,42 @@ def test_diffir2vr_workflow_runs_end_to_end_over_http(server, tiny):
         assert bool(c.streams.audio) == had_audio
     assert n_out == n_in
     assert server.alive()
+
+
+def test_token_merge_window_picks_flow_frames_by_absolute_index(comfy_host):
+    """A window [4..7] of an 8-frame clip: frames 4..7 move right by one token per frame, frames 0..3 are
+    static. With frame_index set, flow matching (ratio 1) pairs every token with its true keyframe twin,
+    so merging identical twins and unmerging returns the input exactly; using frames 0..3 would not."""
+    from temporal_restore.nodes import token_merge as ntm
+    from temporal_restore.pipelines.flow import FlowField
+
+    h = w = 8
+    T = 8
+    fwd = torch.zeros(T - 1, 2, h, w)
+    fwd[4:, 0] = 1.0
+    z = torch.zeros(T - 1, 1, h, w)
+    ff = FlowField(forward=fwd, backward=-fwd, occlusion_fwd=z, occlusion_bwd=z, confidence_fwd=z + 1,
+                   confidence_bwd=z + 1, height=h, width=w)
+    cfg = ntm.TokenMergeConfig(flow=ff, ratio=1.0, chunk_size=4, keyframe_mode="stride", anneal_end=0.0)
+    g = torch.Generator().manual_seed(0)
+    key = torch.randn(h, w + 8, 16, generator=g)
+    # frame 4+t shows key content shifted right by t tokens (x -> x + t)
+    frames = torch.stack([key[:, 4 - t:4 - t + w].reshape(h * w, 16) for t in range(4)])
+    sched = torch.linspace(10, 0, 5)
+
+    def run(frame_index):
+        eo = {"temporal_restore": {"token_merge": cfg, "frame_index": frame_index}, "cond_or_uncond": [0],
+              "block": ("input", 1), "activations_shape": [4, 16, h, w], "original_shape": [4, 4, h, w],
+              "sigmas": sched[:1].repeat(4), "sample_sigmas": sched}
+        q, _, _ = ntm.token_merge_attn1_patch(frames, frames, frames, eo)
+        return q, ntm.token_merge_attn1_output_patch(q, eo)
+
+    q, back = run([4, 5, 6, 7])
+    assert q.shape[1] < 4 * h * w
+    interior = torch.zeros(h, w, dtype=torch.bool)
+    # tokens whose twin lies inside the keyframe and off column 0 for every shift up to 3 (at ratio 1 the
+    # sources whose match leaves the frame are force-merged into the clamped border column)
+    interior[:, 4:] = True
+    assert torch.allclose(back[:, interior.view(-1)], frames[:, interior.view(-1)], atol=1e-6)
+    _, wrong = run([0, 1, 2, 3])
+    assert not torch.allclose(wrong[:, interior.view(-1)], frames[:, interior.view(-1)], atol=1e-3)
