@@ -1,0 +1,239 @@
+"""The bundled UI workflows in the real web page: headless Debian Chromium, driven over the DevTools protocol,
+opens the frontend a real headless ComfyUI serves (comfyui-frontend-package), and for each workflows/<name>.json:
+
+1. drops the file onto the canvas as a user does: a ``drop`` DragEvent carrying a real ``File`` in a
+   ``DataTransfer``, handled by the frontend's own document drop handler (``app.handleFile``); no fallback to
+   ``app.loadGraphData`` is used;
+2. checks that no node type is missing (against ``LiteGraph.registered_node_types``, and no missing-nodes
+   dialog or warning toast is shown), that the page loaded exactly the file's nodes, and that nothing was logged
+   at error level (console errors, uncaught exceptions, failed requests);
+3. presses the Run button, waits for the server's /history to get a successful entry for it, and checks that
+   the prompt the frontend built equals workflows/api/<name>.json (with the same clip and steps);
+4. saves a screenshot to test-artifacts/browser/<name>.png.
+
+The workflow's "Input video" (LoadVideo) is pointed at a clip uploaded with POST /upload/image: the first 4 frames
+(TR_BROWSER_FRAMES) of the bundled samples/sample_clip.mp4 at 64x48, re-encoded with PyAV (a moving gradient if
+the sample is absent). Every ``steps`` widget is set to 2 (TR_BROWSER_STEPS) to keep the runs short on a shared
+CPU. The file is edited before the drop, as a user would set these before saving the workflow.
+
+Chromium comes from Debian (``apt-get install chromium``, done by the harness if it is missing, as root).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import time
+
+import pytest
+import requests
+
+from harness import paths
+from harness.browser import Browser, BrowserError, ComfyPage
+from tr_cli import ui_format, workflows
+
+API = workflows.bundled()
+SHOTS = os.path.join(paths.ARTIFACTS, "browser")
+# The UI files under test; TR_UI_WORKFLOWS points elsewhere to try freshly generated ones before committing them.
+UI_DIR = os.environ.get("TR_UI_WORKFLOWS", os.path.join(paths.REPO, "workflows"))
+INPUT_TITLE = "Input video"
+RUN_TIMEOUT = float(os.environ.get("TR_BROWSER_RUN_TIMEOUT", "600"))  # seconds for one workflow run
+
+# Messages the page logs whatever workflow is loaded, which no workflow can cause or avoid:
+# the frontend asks the public node registry (api.comfy.org) about non-core node types, and the test server runs
+# with --disable-api-nodes, whose Content-Security-Policy (connect-src 'self') blocks those requests.
+IGNORED_ERRORS = (
+    re.compile(r"^log\[security\]: Connecting to 'https://api\.comfy\.org/[^']*' violates the following Content Security Policy"),
+)
+
+
+def page_errors(page) -> list[str]:
+    return [e for e in page.errors if not any(p.search(e) for p in IGNORED_ERRORS)]
+
+
+def make_clip(path: str, source: str | None = None, frames: int = 4, width: int = 64, height: int = 48, fps: int = 8) -> str:
+    """A short small H.264 clip (PyAV): the first ``frames`` frames of ``source`` scaled to width x height, or a
+    moving gradient when there is no source. The browser test checks the page, not the restoration, so it runs
+    every workflow on a few small frames (the full clip takes minutes per workflow on two CPU cores)."""
+    import av
+    import numpy as np
+
+    images = []
+    if source:
+        with av.open(source) as inp:
+            for frame in inp.decode(video=0):
+                images.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
+                if len(images) == frames:
+                    break
+    else:
+        yy, xx = np.mgrid[0:height, 0:width]
+        for i in range(frames):
+            images.append(np.stack([(xx * 4 + i * 8) % 256, (yy * 4) % 256, ((xx + yy) * 2 + i * 16) % 256], -1).astype(np.uint8))
+    with av.open(path, "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for img in images:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip_name(server, tmp_path_factory):
+    """Name of the test clip in the server's input folder (what LoadVideo's combo shows)."""
+    from harness.fixtures import SAMPLE_CLIP
+
+    frames = int(os.environ.get("TR_BROWSER_FRAMES", "4"))
+    source = SAMPLE_CLIP if os.path.exists(SAMPLE_CLIP) else None
+    src = make_clip(str(tmp_path_factory.mktemp("clip") / "tr_browser_clip.mp4"), source, frames)
+    name = os.path.basename(src)
+    with open(src, "rb") as f:
+        r = requests.post(server.url + "/upload/image", files={"image": (name, f, "video/mp4")},
+                          data={"overwrite": "true", "type": "input"}, timeout=60)
+    assert r.status_code == 200, f"upload of {src} failed: {r.status_code} {r.text[:500]}"
+    info = r.json()
+    return f"{info['subfolder']}/{info['name']}" if info.get("subfolder") else info["name"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        b = Browser().start()
+    except BrowserError as e:
+        pytest.fail(f"cannot start headless Chromium: {e}")
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    return server.object_info()
+
+
+def widget_slots(schema: dict) -> dict[str, int]:
+    """Index in a UI node's widgets_values of each widget input (as tr_cli.ui_format lays them out)."""
+    slots, i = {}, 0
+    for name, typ, opts in ui_format._inputs(schema):
+        if ui_format.is_widget(typ, opts):
+            slots[name] = i
+            i += 1
+            if opts.get("control_after_generate") or (typ == "INT" and name in ("seed", "noise_seed")):
+                i += 1
+            if opts.get("video_upload") or opts.get("image_upload"):
+                i += 1
+    return slots
+
+
+def adapt(ui: dict, api: dict, object_info: dict, clip: str) -> tuple[dict, dict]:
+    """The UI and API workflows with the test clip as input and ``steps`` cut to TR_BROWSER_STEPS (2; empty keeps
+    the file's values), changed alike in both, as a user would set them before saving the workflow."""
+    ui, api = copy.deepcopy(ui), copy.deepcopy(api)
+    steps = os.environ.get("TR_BROWSER_STEPS", "2")
+    loaders = [n for n in ui["nodes"] if n["type"] == "LoadVideo" and n.get("title") == INPUT_TITLE]
+    assert len(loaders) == 1, f"expected one LoadVideo titled {INPUT_TITLE!r} in the UI file, found {len(loaders)}"
+    loaders[0]["widgets_values"][widget_slots(object_info["LoadVideo"])["file"]] = clip
+    api_loaders = [n for n in api.values() if n["class_type"] == "LoadVideo" and n.get("_meta", {}).get("title") == INPUT_TITLE]
+    assert len(api_loaders) == 1, f"expected one LoadVideo titled {INPUT_TITLE!r} in the API file"
+    api_loaders[0]["inputs"]["file"] = clip
+    if steps:
+        for node in ui["nodes"]:
+            slot = widget_slots(object_info.get(node["type"], {})).get("steps")
+            linked = any(i["name"] == "steps" and i.get("link") is not None for i in node.get("inputs", []))
+            if slot is not None and not linked:
+                node["widgets_values"][slot] = int(steps)
+        for node in api.values():
+            if not isinstance(node["inputs"].get("steps", []), list):
+                node["inputs"]["steps"] = int(steps)
+    return ui, api
+
+
+def open_comfy(browser, server):
+    page = browser.new_page(1600, 1000)
+    page.goto(server.url)
+    comfy = ComfyPage(page)
+    comfy.wait_ready()
+    time.sleep(1.5)  # first-start dialogs (template browser) open after the graph is up
+    comfy.close_dialogs()
+    time.sleep(0.5)
+    return page, comfy
+
+
+def test_chromium_sees_the_frontend(browser, server):
+    """The page the server serves is the real frontend, with the pack's nodes registered."""
+    page, comfy = open_comfy(browser, server)
+    try:
+        types = comfy.registered_types()
+        assert "KSampler" in types, "the page registered no core nodes: is comfyui-frontend-package serving /?"
+        ours = sorted(t for t in types if t.startswith("TR_"))
+        assert len(ours) >= 5, f"the page registered only {ours} from the pack"
+    finally:
+        page.close()
+
+
+@pytest.mark.parametrize("name", sorted(API))
+def test_workflow_in_browser(name, browser, server, clip_name, object_info):
+    ui_path = os.path.join(UI_DIR, f"{name}.json")
+    assert os.path.exists(ui_path), f"{ui_path} missing: run scripts/regen.py"
+    workflow, api = adapt(json.load(open(ui_path)), workflows.load(name), object_info, clip_name)
+    want_types = sorted(n["type"] for n in workflow["nodes"])
+
+    page, comfy = open_comfy(browser, server)
+    try:
+        page.clear_messages()  # what the bare page logs at start is not this workflow's doing
+
+        missing = sorted(set(want_types) - comfy.registered_types())
+        assert not missing, f"{name}: node types unknown to the page: {missing}"
+
+        loaded = comfy.drop_workflow(workflow, f"{name}.json")
+        time.sleep(1.0)  # let dialogs, toasts and previews settle
+        assert sorted(loaded["types"]) == want_types, f"{name}: the page loaded {loaded['types']}"
+        assert loaded["groups"] == len(workflow.get("groups", [])), f"{name}: groups lost on load: {loaded}"
+        dialogs = comfy.dialogs()
+        assert not dialogs, f"{name}: a dialog opened on load: {[d[:500] for d in dialogs]}"
+        bad_toasts = [t for t in comfy.toasts() if t["severity"] in ("p-toast-message-error", "p-toast-message-warn")]
+        assert not bad_toasts, f"{name}: warnings shown on load: {bad_toasts}"
+        errors = page_errors(page)
+        assert not errors, f"{name}: errors while loading:\n" + "\n".join(errors)
+        workflow_warnings = [w for w in page.warnings if re.search(r"workflow|zod|invalid|link", w, re.I)]
+        assert not workflow_warnings, f"{name}: the frontend warned about the file:\n" + "\n".join(workflow_warnings)
+
+        before = set(server.get("/history"))
+        how = comfy.press_run()
+        deadline = time.time() + RUN_TIMEOUT
+        entry = None
+        while time.time() < deadline:
+            new = {k: v for k, v in server.get("/history").items() if k not in before}
+            done = [v for v in new.values() if v.get("status", {}).get("completed") or
+                    v.get("status", {}).get("status_str") in ("success", "error")]
+            if done:
+                entry = done[0]
+                break
+            errors = page_errors(page)
+            assert not errors, f"{name}: errors after pressing Run ({how}):\n" + "\n".join(errors)
+            assert server.alive(), f"{name}: server died:\n{server.log_tail()}"
+            time.sleep(0.5)
+        assert entry is not None, f"{name}: no finished /history entry {RUN_TIMEOUT} s after pressing Run ({how})"
+        status = entry["status"]
+        if status.get("status_str") != "success":
+            msgs = [m[1] for m in status.get("messages", []) if m[0] == "execution_error"]
+            pytest.fail(f"{name}: the run failed: {json.dumps(msgs)[:3000]}")
+
+        sent = entry["prompt"][2]
+        want = ui_format.normalise_api(api, object_info)
+        got = ui_format.normalise_api(sent, object_info)
+        diff = {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if want.get(k) != got.get(k)}
+        assert not diff, f"{name}: the page queued a different graph than workflows/api/{name}.json: {diff}"
+        assert server.output_files(entry), f"{name}: the run reported no output files"
+
+        time.sleep(1.0)  # output previews load after the run
+        errors = page_errors(page)
+        assert not errors, f"{name}: errors during the run:\n" + "\n".join(errors)
+    finally:
+        try:
+            page.screenshot(os.path.join(SHOTS, f"{name}.png"))
+        except BrowserError:
+            pass
+        page.close()
