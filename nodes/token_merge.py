@@ -167,6 +167,9 @@ token_merge_attn1_output_patch._temporal_restore = KEY
 def install_token_merge(model, cfg: TokenMergeConfig):
     """Clone of ``model`` with the token-merge settings and (once) the two attention patches."""
     m = clone_with_options(model, KEY, cfg)
+    if m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1"):
+        log.warning("temporal_restore: TR_TokenMerge on a model with attn1 replacement patches (e.g. SW-CFA): those "
+                    "see the merged token chunks instead of per-frame batches; prefer one of the two")
     patches = m.model_options.get("transformer_options", {}).get("patches", {})
     if not any(getattr(f, "_temporal_restore", None) == KEY for f in patches.get("attn1_patch", [])):
         m.set_model_attn1_patch(token_merge_attn1_patch)

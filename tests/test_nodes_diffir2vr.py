@@ -240,3 +240,35 @@ def test_token_merge_window_picks_flow_frames_by_absolute_index(comfy_host):
     assert torch.allclose(back[:, interior.view(-1)], frames[:, interior.view(-1)], atol=1e-6)
     _, wrong = run([0, 1, 2, 3])
     assert not torch.allclose(wrong[:, interior.view(-1)], frames[:, interior.view(-1)], atol=1e-3)
+
+
+def test_latent_warp_post_cfg_fallback_and_flow_length_error(comfy_host):
+    from temporal_restore.nodes import latent_warp as nlw
+    from temporal_restore.pipelines.flow import FlowField
+
+    sched = torch.linspace(10, 0, 5)
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(1, 4, 16, 16, generator=g)
+    x = torch.cat([torch.roll(base, t, dims=3) + 0.2 * torch.randn(1, 4, 16, 16, generator=g) for t in range(4)])
+
+    def call(cfg, sigma, frame_index=None):
+        ns = {"latent_warp": cfg}
+        if frame_index is not None:
+            ns["frame_index"] = frame_index
+        return nlw.latent_warp_post_cfg({"denoised": x, "sigma": sigma.repeat(4), "model_options": {
+            "transformer_options": {"temporal_restore": ns, "sample_sigmas": sched}}})
+
+    cfg = nlw.LatentWarpConfig(None, 0.5, 4, "stride", 0, 1.0)
+    out = call(cfg, sched[0])  # no FLOW: DIS on the latents themselves
+    assert out.shape == x.shape and not torch.equal(out, x)
+    # the fallback flow finds the 1-px roll: frame 2 becomes keyframe 0 moved along, far from the borders
+    ref = torch.roll(x[0], 2, dims=2)
+    err_warped = (out[2, :, 4:-4, 4:-4] - ref[:, 4:-4, 4:-4]).abs().mean()
+    err_before = (x[2, :, 4:-4, 4:-4] - ref[:, 4:-4, 4:-4]).abs().mean()
+    assert err_warped < 0.5 * err_before
+    assert torch.equal(call(cfg, sched[3]), x)  # late step: outside the fraction, untouched
+    z = torch.zeros(2, 1, 16, 16)
+    short = FlowField(forward=torch.zeros(2, 2, 16, 16), backward=torch.zeros(2, 2, 16, 16), occlusion_fwd=z,
+                      occlusion_bwd=z, confidence_fwd=z + 1, confidence_bwd=z + 1, height=16, width=16)
+    with pytest.raises(ValueError, match="flow: covers 3 frames"):
+        call(nlw.LatentWarpConfig(short, 0.5, 4, "stride", 0, 1.0), sched[0])
