@@ -30,19 +30,28 @@ class LatentWarpConfig:
     def __init__(self, flow, fraction, batch_size, keyframe_mode, seed, strength):
         self.flow, self.fraction, self.batch_size = flow, float(fraction), int(batch_size)
         self.keyframe_mode, self.seed, self.strength = keyframe_mode, int(seed), float(strength)
-        self._cache = {}
+        self._windows = {}
         self._lock = threading.Lock()
 
     def __deepcopy__(self, memo):
         return self
 
-    def flow_on(self, h, w, device):
-        key = (h, w, str(device))
+    def flow_window(self, idx, h, w, device):
+        """The FLOW cut to the frames ``min(idx)..max(idx)``, on an ``h x w`` grid, on ``device``, and the
+        offset to subtract from absolute indices. Long clips: only the window is resampled and moved."""
+        lo, hi = min(idx), max(idx)
+        if hi >= self.flow.num_frames or lo < 0:
+            raise ValueError(f"flow: covers {self.flow.num_frames} frames but frame index {hi} is being sampled "
+                             "(connect the FLOW of the same clip)")
+        key = (lo, hi, h, w, str(device))
         with self._lock:
-            if key not in self._cache:
-                self._cache.clear()
-                self._cache[key] = self.flow.resized(h, w).to(device=device)
-            return self._cache[key]
+            hit = self._windows.get(key)
+            if hit is None:
+                if len(self._windows) >= 32:
+                    self._windows.pop(next(iter(self._windows)))
+                hit = self.flow.select(list(range(lo, hi + 1))).resized(h, w).to(device=device)
+                self._windows[key] = hit
+            return hit, lo
 
 
 def _latent_flow_fallback(x0: torch.Tensor) -> flowlib.FlowField:
@@ -67,11 +76,12 @@ def latent_warp_post_cfg(args):
     idx = frame_index(to, frames)
     h, w = denoised.shape[-2:]
     if cfg.flow is not None:
-        flow, flow_idx = cfg.flow_on(h, w, denoised.device), None
+        flow, lo = cfg.flow_window(idx, h, w, denoised.device)
+        flow_idx, num_frames = [i - lo for i in idx], cfg.flow.num_frames
     else:
-        flow, flow_idx = _latent_flow_fallback(denoised), list(range(frames))
+        flow, flow_idx, num_frames = _latent_flow_fallback(denoised), list(range(frames)), None
     return lw.hierarchical_warp(denoised, flow, idx, batch_size=cfg.batch_size, keyframe_mode=cfg.keyframe_mode,
-                                seed=cfg.seed, strength=cfg.strength, flow_idx=flow_idx)
+                                seed=cfg.seed, strength=cfg.strength, flow_idx=flow_idx, num_frames=num_frames)
 
 
 latent_warp_post_cfg._temporal_restore = KEY

@@ -44,7 +44,7 @@ class TokenMergeConfig:
         self.anneal_start, self.anneal_end, self.delta = float(anneal_start), float(anneal_end), float(delta)
         self.radius, self.down_blocks, self.up_blocks = float(radius), down_blocks, up_blocks
         self.pad_bottom, self.pad_right = int(pad_bottom), int(pad_right)
-        self._flows, self._plans = {}, {}
+        self._windows, self._plans = {}, {}
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -55,14 +55,22 @@ class TokenMergeConfig:
         """Eq. 8 with i_beg / i_end given as fractions of the run's steps."""
         return tm.merge_ratio(step, self.ratio, self.anneal_start * n_steps, self.anneal_end * n_steps, self.delta)
 
-    def flow_on(self, h, w, device):
-        key = (h, w, str(device))
+    def flow_window(self, idx, h, w, device):
+        """The FLOW cut to the frames ``min(idx)..max(idx)``, on an ``h x w`` grid, on ``device``, and the
+        offset to subtract from absolute indices. Long clips: only the window is resampled and moved."""
+        lo, hi = min(idx), max(idx)
+        if hi >= self.flow.num_frames or lo < 0:
+            raise ValueError(f"flow: covers {self.flow.num_frames} frames but frame index {hi} is being sampled "
+                             "(connect the FLOW of the same clip)")
+        key = (lo, hi, h, w, str(device))
         with self._lock:
-            if key not in self._flows:
-                if len(self._flows) > 8:
-                    self._flows.clear()
-                self._flows[key] = self.flow.resized(h, w).to(device=device)
-            return self._flows[key]
+            hit = self._windows.get(key)
+            if hit is None:
+                if len(self._windows) >= 32:
+                    self._windows.pop(next(iter(self._windows)))
+                hit = self.flow.select(list(range(lo, hi + 1))).resized(h, w).to(device=device)
+                self._windows[key] = hit
+            return hit, lo
 
     @property
     def pending(self):
@@ -114,10 +122,10 @@ def token_merge_attn1_patch(n, context, value, extra_options):
         if cfg.flow is None:
             mode = "cosine"
         else:
-            if max(idx) >= cfg.flow.num_frames:
-                raise ValueError(f"flow: covers {cfg.flow.num_frames} frames but frame index {max(idx)} is being "
-                                 "sampled (connect the FLOW of the same clip)")
-            flow = cfg.flow_on(h, w, n.device).between
+            win, lo = cfg.flow_window(idx, h, w, n.device)
+
+            def flow(a, b, _win=win, _lo=lo):
+                return _win.between(a - _lo, b - _lo)
     orig = extra_options.get("original_shape") or [B, 4, h, w]
     valid = tm.valid_token_mask(h, w, orig[2], orig[3], cfg.pad_bottom // 8, cfg.pad_right // 8)
     if valid is not None:

@@ -92,12 +92,13 @@ def _pull(x_dst: Tensor, x_src: Tensor, flow: Tensor, occ: Tensor, strength: flo
 
 def hierarchical_warp(x0: Tensor, flow: FlowField, frame_idx: Sequence[int], batch_size: int = 8,
                       keyframe_mode: str = "random", seed: int = 0, strength: float = 1.0,
-                      flow_idx: Optional[Sequence[int]] = None) -> Tensor:
+                      flow_idx: Optional[Sequence[int]] = None, num_frames: Optional[int] = None) -> Tensor:
     """Eq. 4 global + local warping of predicted x0 latents ``x0 [F,C,h,w]`` (frames of one chunk,
     absolute indices ``frame_idx``) with ``flow`` on the latent grid ``h x w`` (see
     ``FlowField.resized``).  ``flow_idx`` gives each frame's index inside ``flow`` when that is not
-    the absolute index (e.g. a flow estimated on the window only); keyframes always follow
-    ``frame_idx``.  Returns a new tensor; the input is not modified."""
+    the absolute index (e.g. a flow estimated on, or cut to, the window only); keyframes always follow
+    ``frame_idx``, and ``num_frames`` (the clip length; default: the flow's when ``flow_idx`` is not
+    given) bounds the last batch.  Returns a new tensor; the input is not modified."""
     if x0.ndim != 4:
         raise ValueError(f"x0: expected latents [F,C,h,w], got {tuple(x0.shape)}")
     n = x0.shape[0]
@@ -120,7 +121,9 @@ def hierarchical_warp(x0: Tensor, flow: FlowField, frame_idx: Sequence[int], bat
     if n < 2 or strength == 0:
         return out
     pos = {f: p for p, f in enumerate(idx)}
-    keys = choose_keyframes(idx, batch_size, keyframe_mode, seed, flow.num_frames if flow_idx is None else None)
+    if num_frames is None and flow_idx is None:
+        num_frames = flow.num_frames
+    keys = choose_keyframes(idx, batch_size, keyframe_mode, seed, num_frames)
     key_list = [keys[b] for b in sorted(keys)]
     # 1. global: keyframe to keyframe, sequentially so the first keyframe's content propagates
     for j, i in zip(key_list[:-1], key_list[1:]):
