@@ -2,7 +2,8 @@
 frame warped onto it by optical flow (D2-VR-style motion-compensated conditioning; the algorithm and
 its formulas are in ``pipelines/recurrent_align.py``).
 
-Per frame ``t`` (absolute index ``i_t``): ``x_init = m s warp(z_{t-1}) + (1 - m s) y_t`` and, with a
+Per frame ``t`` (absolute index ``i_t``; frames go one at a time, or ``group`` at a time aligned to the
+last frame of the previous group): ``x_init = m s warp(z_{t-1}) + (1 - m s) y_t`` and, with a
 ControlNet, ``hint = m s warp(decode(z_{t-1})) + (1 - m s) frame_t`` (the degraded frame when no VAE is
 given); then one sampler run (any SAMPLER / SIGMAS, e.g. TR_DistilledSampler + TR_DistilledSigmas
 with denoise < 1) on that single frame with noise ``prepare_noise(seed + i_t)`` (or the frame's slice
@@ -58,7 +59,7 @@ def _with_hint(conditioning, control_net, hint, strength, vae, memo):
 def recurrent_sample(model, positive, negative, sampler, sigmas, latent: dict, images: torch.Tensor, seed: int,
                      cfg: float, strength: float, flow=None, tau: float = recurrent_align.DEFAULT_TAU,
                      blur: float = recurrent_align.DEFAULT_BLUR, control_net=None, vae=None,
-                     control_strength: float = 1.0, noise=None):
+                     control_strength: float = 1.0, noise=None, group: int = 1):
     """Returns ``(LATENT, confidence [T,H,W])``."""
     import comfy.model_management
     import comfy.sample
@@ -85,20 +86,24 @@ def recurrent_sample(model, positive, negative, sampler, sigmas, latent: dict, i
     pbar = comfy.utils.ProgressBar(T)
     disable_pbar = True
 
-    def restore(t, x_init, hint):
+    def restore(ts, x_init, hint):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        m = clone_with_options(model, "frame_index", [idx[t]])
+        sl = slice(ts[0], ts[-1] + 1)
+        m = clone_with_options(model, "frame_index", [idx[t] for t in ts])
         pos, neg = positive, negative
         if control_net is not None and control_strength != 0:
-            h = images[t:t + 1] if hint is None else hint
+            h = images[sl] if hint is None else hint
             memo: dict = {}
             pos = _with_hint(positive, control_net, h, control_strength, vae, memo)
             neg = _with_hint(negative, control_net, h, control_strength, vae, memo)
-        frame_seed = int(seed) + idx[t]
-        n = full_noise[t:t + 1] if full_noise is not None else comfy.sample.prepare_noise(x_init, frame_seed)
+        frame_seed = int(seed) + idx[ts[0]]
+        if full_noise is not None:
+            n = full_noise[sl]
+        else:  # frame t always gets the noise of seed + its absolute index, whatever the grouping
+            n = torch.cat([comfy.sample.prepare_noise(x_init[j:j + 1], int(seed) + idx[t]) for j, t in enumerate(ts)])
         mask = noise_mask
         if mask is not None and mask.dim() > 0 and mask.shape[0] == T and T > 1:
-            mask = mask[t:t + 1]
+            mask = mask[sl]
         return comfy.sample.sample_custom(m, n, cfg, sampler, sigmas, pos, neg, x_init, noise_mask=mask,
                                           disable_pbar=disable_pbar, seed=frame_seed)
 
@@ -110,7 +115,8 @@ def recurrent_sample(model, positive, negative, sampler, sigmas, latent: dict, i
         pbar.update(1)
 
     out, conf = recurrent_align.recurrent_restore(samples, images, restore, strength, flow=flow, frame_index=idx,
-                                                  tau=tau, blur=blur, decode=decode, on_frame=on_frame)
+                                                  tau=tau, blur=blur, decode=decode, on_frame=on_frame,
+                                                  group=group)
     result = latent.copy()
     result.pop("downscale_ratio_spacial", None)
     result.pop("noise_mask", None)
@@ -151,6 +157,10 @@ class RecurrentRestore(io.ComfyNode):
                 io.Float.Input("blur", default=recurrent_align.DEFAULT_BLUR, min=0.0, max=8.0, step=0.1,
                                tooltip="Gaussian sigma (pixels) applied before the photometric check, so noise that "
                                        "the degraded frames do not share is not taken for motion error."),
+                io.Int.Input("group", default=1, min=1, max=64,
+                             tooltip="Frames restored per sampler call. 1 = strictly recurrent (each frame aligned to "
+                                     "the previous one); G > 1 aligns every frame of a group to the last frame of "
+                                     "the previous group (longer-range flow) and batches the group (faster)."),
                 io.Float.Input("control_strength", default=1.0, min=0.0, max=10.0, step=0.01,
                                tooltip="ControlNet strength (only with a control_net)."),
                 FLOW.Input("flow", optional=True, tooltip="Optional FLOW of the degraded clip (or the whole clip when "
@@ -168,11 +178,12 @@ class RecurrentRestore(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, sampler, sigmas, latent, images, noise_seed, cfg, strength,
-                photometric_tau, blur, control_strength, flow=None, control_net=None, vae=None,
+                photometric_tau, blur, group, control_strength, flow=None, control_net=None, vae=None,
                 noise=None) -> io.NodeOutput:
         out, conf = recurrent_sample(model, positive, negative, sampler, sigmas, latent, images, noise_seed, cfg,
                                      strength, flow=flow, tau=photometric_tau, blur=blur, control_net=control_net,
-                                     vae=vae, control_strength=control_strength, noise=noise)
+                                     vae=vae, control_strength=control_strength, noise=noise,
+                                     group=group)
         return io.NodeOutput(out, conf)
 
 

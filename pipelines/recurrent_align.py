@@ -1,7 +1,8 @@
 """Recurrent flow-aligned conditioning for per-frame restoration (D2-VR's motion-compensated
 conditioning from the previous frame, with a confidence mask in the spirit of its DRFA module).
 
-Frames are restored in order, one at a time. For frame ``t > 0``:
+Frames are restored in order, one at a time (or in small groups, see ``recurrent_restore``). For
+frame ``t > 0``:
 
 1. **Flow.** The backward flow ``f_t = flow(t -> t-1)`` and the forward flow ``t-1 -> t`` are
    measured between the *degraded* frames ``y_{t-1}, y_t`` (a given :class:`FlowField` or OpenCV
@@ -125,11 +126,12 @@ def _chw(img: Tensor) -> Tensor:
 
 
 class PairFlows:
-    """Backward flow (t -> t-1) and the occlusion of frame t's pixels, for t = 1..T-1.
+    """Flow from frame ``t`` back to an earlier frame ``a`` (``t -> a``) and the occlusion of frame
+    ``t``'s pixels, on the frame grid.
 
-    From a :class:`FlowField` of the clip (``flow.backward[t-1]``, ``flow.occlusion_bwd[t-1]``,
-    resampled to the frame grid) or, without one, estimated per pair with OpenCV DIS (memory stays
-    O(one frame) on long clips).
+    From a :class:`FlowField` of the clip (``FlowField.between``: the stored backward flow for
+    neighbours, chained otherwise) or, without one, estimated for the pair with OpenCV DIS (memory
+    stays O(one frame) on long clips).
     """
 
     def __init__(self, images: Tensor, flow: Optional[FlowField] = None, frame_index: Optional[Sequence[int]] = None):
@@ -147,14 +149,14 @@ class PairFlows:
                 raise ValueError(f"flow: FLOW covers {flow.num_frames} frames, the clip has {images.shape[0]} "
                                  f"(frame indices {idx[:3]}...)")
 
-    def __call__(self, t: int) -> tuple[Tensor, Tensor]:
-        """``(flow_bwd [1,2,H,W], occlusion [1,1,H,W])`` on the frame grid, for frame ``t`` -> ``t-1``."""
+    def __call__(self, t: int, a: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """``(flow [1,2,H,W], occlusion [1,1,H,W])`` for frame ``t`` -> frame ``a`` (default ``t-1``)."""
+        a = t - 1 if a is None else a
         if self.flow is None:
-            bwd = estimate_pair(self.images[t], self.images[t - 1])[None]
-            fwd = estimate_pair(self.images[t - 1], self.images[t])[None]
+            bwd = estimate_pair(self.images[t], self.images[a])[None]
+            fwd = estimate_pair(self.images[a], self.images[t])[None]
             return bwd, fb_check(bwd, fwd)
-        a, b = self.index[t], self.index[t - 1]
-        f, occ, _ = self.flow.between(a, b)
+        f, occ, _ = self.flow.between(self.index[t], self.index[a])
         f, occ = f[None].float(), occ[None].float()
         if (self.flow.height, self.flow.width) != (self.H, self.W):
             f = resize_flow(f, self.H, self.W)
@@ -162,17 +164,22 @@ class PairFlows:
         return f, occ
 
 
-def recurrent_restore(latents: Tensor, images: Tensor, restore: Callable[[int, Tensor, Optional[Tensor]], Tensor],
+def recurrent_restore(latents: Tensor, images: Tensor, restore: Callable[[list, Tensor, Optional[Tensor]], Tensor],
                       strength: float, flow: Optional[FlowField] = None, frame_index: Optional[Sequence[int]] = None,
                       tau: float = DEFAULT_TAU, blur: float = DEFAULT_BLUR,
                       decode: Optional[Callable[[Tensor], Tensor]] = None,
-                      on_frame: Optional[Callable[[int], None]] = None) -> tuple[Tensor, Tensor]:
-    """Restore ``latents [T,C,h,w]`` frame by frame, each conditioned on the aligned previous result.
+                      on_frame: Optional[Callable[[int], None]] = None, group: int = 1) -> tuple[Tensor, Tensor]:
+    """Restore ``latents [T,C,h,w]`` in order, each frame conditioned on the aligned previous result.
+
+    Frames go in groups of ``group`` (default 1: strictly frame by frame). Every frame ``t`` of a group
+    is aligned to the *anchor* ``a``, the last frame of the previous group (``a = t - 1`` for group 1),
+    with the flow ``t -> a``; the frames of a group are restored in one call (one batch). The first
+    group has no anchor and is restored unaligned.
 
     images: degraded frames ``[T,H,W,3]`` in 0..1 (flow + photometric check + hint).
-    restore(t, x_init [1,C,h,w], hint [1,H,W,3] or None) -> restored latent ``[1,C,h,w]``.
+    restore(ts: list[int], x_init [G,C,h,w], hint [G,H,W,3] or None) -> restored latents ``[G,C,h,w]``.
     decode: restored latent ``[1,C,h,w]`` -> image ``[1,H,W,3]``; when given, a ControlNet hint is
-    built (``m s warp(decode(z_{t-1})) + (1 - m s) y_t``), else ``hint`` is None.
+    built (``m s warp(decode(z_a)) + (1 - m s) y_t``), else ``hint`` is None.
     frame_index: absolute indices of the frames (a window of a longer clip) used to read ``flow``.
     on_frame(t) is called after each frame (progress / interruption).
     Returns ``(restored [T,C,h,w], confidence [T,1,H,W])`` (confidence 0 for frame 0 and when s = 0).
@@ -184,39 +191,44 @@ def recurrent_restore(latents: Tensor, images: Tensor, restore: Callable[[int, T
         raise ValueError(f"images: expected degraded frames [T,H,W,3], got {tuple(images.shape)}")
     if images.shape[0] != latents.shape[0]:
         raise ValueError(f"images: expected {latents.shape[0]} frames (one per latent), got {images.shape[0]}")
+    if isinstance(group, bool) or int(group) != group or int(group) < 1:
+        raise ValueError(f"group: expected an integer >= 1 (frames restored per call), got {group!r}")
+    group = int(group)
     T = latents.shape[0]
     h, w = latents.shape[-2:]
     H, W = images.shape[1:3]
     pairs = PairFlows(images, flow, frame_index) if s > 0 and T > 1 else None
     out = torch.empty_like(latents)
     conf = torch.zeros(T, 1, H, W)
-    prev_img = None
-    for t in range(T):
-        y_lat = latents[t:t + 1]
-        y_img = images[t:t + 1]
-        hint = y_img if decode is not None else None
-        x_init = y_lat
-        if t > 0 and s > 0:
-            f_bwd, occ = pairs(t)
-            m = alignment_confidence(_chw(images[t - 1]), _chw(images[t]), f_bwd, occlusion_bwd=occ, tau=tau, blur=blur)
-            conf[t] = m[0]
-            f_lat = resize_flow(f_bwd, h, w)
-            aligned = warp(out[t - 1:t].float(), f_lat).to(latents.dtype)
-            x_init = blend(y_lat, aligned, m, s)
-            if decode is not None:
-                a_img = warp(_chw(prev_img[0]), f_bwd)
-                hint = blend(_chw(images[t]), a_img, m, s).permute(0, 2, 3, 1).to(images.dtype)
-        z = restore(t, x_init, hint)
-        if z.shape != y_lat.shape:
-            raise ValueError(f"restore: expected a restored latent {tuple(y_lat.shape)}, got {tuple(z.shape)}")
-        out[t:t + 1] = z.to(out.dtype)
-        if decode is not None and s > 0 and t + 1 < T:
-            prev_img = decode(out[t:t + 1])
-            if prev_img.shape[1:3] != (H, W):
-                prev_img = F.interpolate(prev_img.permute(0, 3, 1, 2).float(), size=(H, W), mode="bilinear",
-                                         align_corners=False).permute(0, 2, 3, 1)
+    anchor_img = None
+    for g0 in range(0, T, group):
+        ts = list(range(g0, min(T, g0 + group)))
+        x_init = latents[g0:ts[-1] + 1].clone()
+        hint = images[g0:ts[-1] + 1] if decode is not None else None
+        a = g0 - 1
+        if a >= 0 and s > 0:
+            hint = None if hint is None else hint.clone()
+            for j, t in enumerate(ts):
+                f, occ = pairs(t, a)
+                m = alignment_confidence(_chw(images[a]), _chw(images[t]), f, occlusion_bwd=occ, tau=tau, blur=blur)
+                conf[t] = m[0]
+                aligned = warp(out[a:a + 1].float(), resize_flow(f, h, w)).to(latents.dtype)
+                x_init[j:j + 1] = blend(latents[t:t + 1], aligned, m, s)
+                if decode is not None:
+                    a_img = warp(_chw(anchor_img[0]), f)
+                    hint[j:j + 1] = blend(_chw(images[t]), a_img, m, s).permute(0, 2, 3, 1).to(images.dtype)
+        z = restore(ts, x_init, hint)
+        if z.shape != x_init.shape:
+            raise ValueError(f"restore: expected restored latents {tuple(x_init.shape)}, got {tuple(z.shape)}")
+        out[g0:ts[-1] + 1] = z.to(out.dtype)
+        if decode is not None and s > 0 and ts[-1] + 1 < T:
+            anchor_img = decode(out[ts[-1]:ts[-1] + 1])
+            if anchor_img.shape[1:3] != (H, W):
+                anchor_img = F.interpolate(anchor_img.permute(0, 3, 1, 2).float(), size=(H, W), mode="bilinear",
+                                           align_corners=False).permute(0, 2, 3, 1)
         if on_frame is not None:
-            on_frame(t)
+            for t in ts:
+                on_frame(t)
     return out, conf
 
 

@@ -9,6 +9,16 @@ import torch
 from temporal_restore.pipelines import distilled as D
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The shared 2-core host is oversubscribed; one intra-op thread makes the tiny model ~10x faster
+    here. Restored afterwards, so other test modules are unaffected."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 # ---------------------------------------------------------------- schedules (formulas, recomputed here)
 
 def _trailing_ref(n, d=1.0, T=1000):
@@ -254,3 +264,26 @@ def test_sampler_uses_noise_sampler_factory_from_transformer_options(comfy_host,
 def test_bad_eta_in_node_raises(comfy_host):
     with pytest.raises(ValueError, match="eta"):
         comfy_host.node("TR_DistilledSampler").execute(1.5, 1.0, True)
+
+
+def test_composes_with_noiseshare_through_sampler_custom_advanced(comfy_host, tiny):
+    """TR_NoiseShare (shared initial noise) + TR_NoiseShareSampler around TR_DistilledSampler: the wrapper's
+    noise_sampler reaches our sampler, so identical frames stay identical; our own per-frame noise does not."""
+    def graph(wrapped):
+        g = _graph(tiny, _tr_sampler(1.0, per_frame=True), _tr_sigmas("trailing", 4))
+        del g["run"]
+        g["share"] = {"class_type": "TR_NoiseShare", "inputs": {"seed": 11, "blend": 0.5, "variance_preserving": True,
+                                                                "blend_initial": True}}
+        g["wrap"] = {"class_type": "TR_NoiseShareSampler", "inputs": {"sampler": ["smp", 0], "noise": ["share", 0]}}
+        g["guider"] = {"class_type": "CFGGuider", "inputs": {"model": ["ckpt", 0], "positive": ["pos", 0],
+                                                              "negative": ["neg", 0], "cfg": 2.0}}
+        g["run"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["share", 0], "guider": ["guider", 0], "sampler": ["wrap" if wrapped else "smp", 0],
+            "sigmas": ["sig", 0], "latent_image": ["lat", 0]}}
+        return g
+
+    shared = comfy_host.run(graph(True), outputs=["run"])["outputs"]["run"][0]["samples"]
+    own = comfy_host.run(graph(False), outputs=["run"])["outputs"]["run"][0]["samples"]
+    assert torch.isfinite(shared).all()
+    torch.testing.assert_close(shared[0], shared[1], rtol=1e-4, atol=1e-4)  # batched conv rounding only
+    assert (own[0] - own[1]).abs().max() > 1e-3

@@ -42,6 +42,16 @@ def _chw(img):
     return img.permute(2, 0, 1)[None]
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The shared 2-core host is oversubscribed; one intra-op thread makes the tiny model ~10x faster
+    here. Restored afterwards, so other test modules are unaffected."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 # ---------------------------------------------------------------- confidence mask
 
 def test_static_clip_confidence_is_one_with_estimated_flow():
@@ -105,7 +115,8 @@ def test_strength_zero_restores_each_frame_from_its_own_latent():
     lat = torch.randn(4, 4, 4, 6)
     seen = []
 
-    def restore(t, x, hint):
+    def restore(ts, x, hint):
+        t, = ts
         seen.append((t, x.clone(), None if hint is None else hint.clone()))
         return x * 2 + t
 
@@ -173,6 +184,40 @@ def test_estimated_flow_when_none_given():
     out, conf = RA.recurrent_restore(lat, frames, lambda t, x, h: x, 0.5)
     assert out.shape == lat.shape and torch.isfinite(out).all()
     assert conf[1:, :, 4:-4, 8:-8].mean() > 0.8
+
+
+def test_groups_align_to_the_last_frame_of_the_previous_group():
+    img = _texture(32, 48)
+    frames = img.expand(5, -1, -1, -1).clone()
+    zero = torch.zeros(2, 32, 48)
+    flow = _field([zero] * 4, [zero] * 4)
+    lat = torch.randn(5, 4, 4, 6)
+    calls = []
+
+    def restore(ts, x, h):
+        calls.append((list(ts), x.clone()))
+        return x + 1
+
+    out, _ = RA.recurrent_restore(lat, frames, restore, 1.0, flow=flow, group=2)
+    assert [c[0] for c in calls] == [[0, 1], [2, 3], [4]]
+    torch.testing.assert_close(calls[0][1], lat[:2])
+    torch.testing.assert_close(calls[1][1], (lat[1] + 1).expand(2, -1, -1, -1))  # both from anchor 1
+    torch.testing.assert_close(out[4], lat[1] + 3)
+    off, _ = RA.recurrent_restore(lat, frames, lambda ts, x, h: x * 3, 0.0, flow=flow, group=3)
+    torch.testing.assert_close(off, lat * 3)
+    with pytest.raises(ValueError, match="group"):
+        RA.recurrent_restore(lat, frames, restore, 1.0, flow=flow, group=0)
+
+
+def test_group_alignment_chains_flow_to_the_anchor():
+    frames, flow = _shift_clip(T=4, shift=2)
+    lat = frames.permute(0, 3, 1, 2).clone()
+    lat[2:] = 0.0
+    out, conf = RA.recurrent_restore(lat, frames, lambda ts, x, h: x, 1.0, flow=flow, group=2)
+    # the first group [0, 1] has no anchor; frames 2 and 3 come from frame 1 (flows 2->1 and 3->2->1)
+    assert conf[:2].abs().sum() == 0 and conf[2:, :, :, 12:40].mean() > 0.99
+    for t in (2, 3):
+        torch.testing.assert_close(out[t][:, :, 12:40], frames[t].permute(2, 0, 1)[:, :, 12:40], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("kw,name", [(dict(strength=-0.1), "strength"), (dict(images=torch.zeros(2, 8, 8, 3)), "images"),
@@ -246,7 +291,8 @@ def test_node_strength_zero_equals_plain_per_frame_sampling(comfy_host, tiny):
     node = comfy_host.node("TR_RecurrentRestore")
     # a window of a longer clip (batch_index 5, 6): frames get the noise of seed + absolute index
     out = node.execute(p["model"], p["pos"], p["neg"], p["sampler"], p["sigmas"],
-                       {"samples": lat, "batch_index": [5, 6]}, frames, 7, 2.0, 0.0, 0.08, 1.0, 1.0).args
+                       {"samples": lat, "batch_index": [5, 6]}, frames, noise_seed=7, cfg=2.0, strength=0.0,
+                       photometric_tau=0.08, blur=1.0, group=1, control_strength=1.0).args
     ref = _plain_per_frame(p, lat, [12, 13])
     assert out[0]["samples"].shape == lat.shape and torch.isfinite(ref).all()
     torch.testing.assert_close(out[0]["samples"], ref, rtol=1e-5, atol=1e-5)
@@ -258,6 +304,11 @@ def test_node_strength_zero_equals_plain_per_frame_sampling(comfy_host, tiny):
     torch.testing.assert_close(on["samples"][0], ref[0], rtol=1e-5, atol=1e-5)
     assert (on["samples"][1] - ref[1]).abs().max() > 1e-3
     assert conf[1, 8:-8, 8:-8].mean() > 0.8
+
+    # a group of 2 frames in one batch: same per-frame noise, same result up to batched-conv rounding
+    grp = NR.recurrent_sample(p["model"], p["pos"], p["neg"], p["sampler"], p["sigmas"],
+                              {"samples": lat, "batch_index": [5, 6]}, frames, 7, 2.0, 0.0, group=2)[0]
+    torch.testing.assert_close(grp["samples"], ref, rtol=1e-4, atol=1e-4)
 
 
 @torch.inference_mode()  # as ComfyUI's executor runs nodes
