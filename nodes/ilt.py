@@ -32,6 +32,7 @@ import torch
 from comfy_api.latest import io
 
 from ..pipelines import ilt
+from ._patching import NAMESPACE
 
 log = logging.getLogger("temporal_restore")
 
@@ -142,10 +143,10 @@ def _make_guider_class():
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 mo = dict(model_options)
                 to = dict(mo.get("transformer_options", {}))
-                ns = dict(to.get("temporal_restore", {}))
+                ns = dict(to.get(NAMESPACE, {}))
                 ns["frame_index"] = list(fidx)
                 ns[KEY] = self.state
-                to["temporal_restore"] = ns
+                to[NAMESPACE] = ns
                 mo["transformer_options"] = to
                 ts = timestep[sl] if per_item else timestep
                 d = comfy.samplers.sampling_function(self.inner_model, x[sl], ts, wc.get("negative"),

@@ -248,3 +248,19 @@ def test_node_runs_in_graph_and_rejects_bad_overlap(comfy_host, tiny):
         comfy_host.run(_graph(tiny, window=4, overlap=4), outputs=["5"])
     schema = comfy_host.node("TR_ILTChunker").define_schema()
     assert all(i.tooltip for i in schema.inputs)
+
+
+def test_chunker_is_interruptible(comfy_host, tiny, inference):
+    from temporal_restore.nodes import ilt as ilt_node
+    import comfy.model_management as mm
+    import comfy.samplers
+
+    model, vae, pos, neg, _ = _objects(comfy_host, tiny)
+    _, latent = _clip(vae, 6, static=False)
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            ilt_node.chunked_sample(model, pos, neg, {"samples": latent}, 0, 2.0, comfy.samplers.sampler_object("euler"),
+                                    _sigmas(model, 2), window=4, overlap=2, mode="sequential")
+    finally:
+        mm.interrupt_current_processing(False)
