@@ -101,6 +101,8 @@ class _Progress:
 
 def _make_guider_class():
     import comfy.model_management
+    import comfy.model_patcher
+    import comfy.patcher_extension
     import comfy.samplers
     import comfy.sampler_helpers
 
@@ -115,6 +117,18 @@ def _make_guider_class():
             self.progress = progress
             self.carry = carry
             self.state = {} if state is None else state
+            # ComfyUI sizes the model load (and lowvram offloading) for the whole latent batch; a model
+            # call here never holds more than one window, so estimate the memory for one window.
+            win = max(sl.stop - sl.start for sl, _, _, _ in parts)
+
+            def window_memory(executor, model, noise_shape, conds, model_options=None):
+                shape = [min(int(noise_shape[0]), win)] + list(noise_shape[1:])
+                return executor(model, shape, conds, model_options=model_options)
+
+            self.model_options = comfy.model_patcher.create_model_options_clone(self.model_options)
+            comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING,
+                                                         "temporal_restore_ilt", window_memory, self.model_options,
+                                                         is_model_options=True)
 
         def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback,
                          disable_pbar, seed, latent_shapes=None):

@@ -264,3 +264,26 @@ def test_chunker_is_interruptible(comfy_host, tiny, inference):
                                     _sigmas(model, 2), window=4, overlap=2, mode="sequential")
     finally:
         mm.interrupt_current_processing(False)
+
+
+def test_memory_estimate_is_for_one_window(comfy_host, tiny, inference, monkeypatch):
+    """ComfyUI sizes the model load for the sampled batch: the chunker must announce one window."""
+    from temporal_restore.nodes import ilt as ilt_node
+    import comfy.sampler_helpers
+    import comfy.samplers
+
+    seen = []
+    real = comfy.sampler_helpers.estimate_memory
+
+    def spy(model, noise_shape, conds):
+        seen.append(int(noise_shape[0]))
+        return real(model, noise_shape, conds)
+
+    monkeypatch.setattr(comfy.sampler_helpers, "estimate_memory", spy)
+    model, vae, pos, neg, _ = _objects(comfy_host, tiny)
+    _, latent = _clip(vae, 10, static=False)
+    for mode in ("fused", "sequential"):
+        seen.clear()
+        ilt_node.chunked_sample(model, pos, neg, {"samples": latent}, 0, 2.0, comfy.samplers.sampler_object("euler"),
+                                _sigmas(model, 1), window=4, overlap=2, mode=mode)
+        assert seen and max(seen) == 4, (mode, seen)
