@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 
 import torch
 
@@ -41,8 +42,9 @@ def build_decoder(vae, mode: str, kv_radius: int = 1, weights: str = "") -> te3d
         raise ValueError(f"temporal_weights: file not found: {weights}")
     stamp = os.path.getmtime(weights) if weights else None
     key = (id(vae.first_stage_model), mode, kv_radius, weights, stamp)
-    if key in _CACHE:
-        return _CACHE[key]
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0]() is vae.first_stage_model:  # ids can be reused after a VAE is freed
+        return hit[1]
     dec2d, pre, post = _decoder_parts(vae)
     if mode == "2d":
         model = te3d_vae.TE3DDecoder(dec2d, temporal_attention=False, temporal_res=False, pre=pre, post=post)
@@ -61,7 +63,7 @@ def build_decoder(vae, mode: str, kv_radius: int = 1, weights: str = "") -> te3d
     p = next(dec2d.parameters())
     model = model.to(device=p.device, dtype=p.dtype).eval()
     _CACHE.clear()  # keep one decoder alive at most
-    _CACHE[key] = model
+    _CACHE[key] = (weakref.ref(vae.first_stage_model), model)
     return model
 
 
