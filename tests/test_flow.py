@@ -253,3 +253,16 @@ def test_dis_on_measuring_stick_clip_epe_and_occlusion_recall():
           f"occlusion recall {recall:.2f}, false positives {false_pos:.3f}")
     assert epe < 0.35 * zero and epe < 1.0
     assert recall > 0.3 and false_pos < 0.15
+
+
+def test_dis_on_noisy_degraded_frames_stays_usable():
+    """Flow is estimated on the degraded clip: with Gaussian noise sigma 25/255 the EPE stays bounded."""
+    synthetic = pytest.importorskip("temporal_restore.pipelines.synthetic")
+    clip = synthetic.make_clip("astronaut", frames=3, height=96, width=128, motion="mixed", seed=1)
+    g = torch.Generator().manual_seed(0)
+    noisy = (clip.frames + 25 / 255 * torch.randn(clip.frames.shape, generator=g)).clamp(0, 1)
+    valid = (~clip.occlusion).unsqueeze(1).float()
+    epe = fl.end_point_error(fl.estimate_flow(noisy).forward, clip.flow, valid)
+    zero = fl.end_point_error(torch.zeros_like(clip.flow), clip.flow, valid)
+    print(f"DIS medium, noise sigma 25: EPE {epe:.3f} px (zero flow {zero:.3f})")
+    assert epe < 0.5 * zero and epe < 1.0
