@@ -21,9 +21,10 @@ numbers (``|t_j - t_i| <= N``) but only frames present in the batch are averaged
 clip outside the batch are not available, the chunker's overlap between windows provides the
 context instead. For the usual contiguous window this is the same as positions within the batch.
 
-Cost: O(frames) with a cumulative sum over the frame axis (one extra K and V sized buffer);
-``[frames, window, tokens, dim]`` is never built. The attention itself has the stock shape, so
-SW-CFA costs about what self-attention costs.
+Cost: O(frames): a banded averaging matrix applied block by block with one matrix product per
+block of 16 frames (reads K/V once, writes once, like a copy); ``[frames, window, tokens, dim]`` is
+never built. The attention itself has the stock shape, so SW-CFA costs about what
+self-attention costs.
 
 Modes:
     ``"sw_cfa"``       Eq. 8 window mean with radius N.
@@ -65,62 +66,49 @@ def _check_index(index: Sequence[int] | None, frames: int) -> torch.Tensor | Non
     return idx
 
 
-def window_bounds(frames: int, radius: int, index: Sequence[int] | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clipped windows over frames sorted by absolute index.
-
-    Returns ``(order, lo, hi)``: ``order`` sorts the frames by absolute index (identity when
-    ``index`` is None or already sorted); in sorted positions frame ``p``'s window is
-    ``lo[p] .. hi[p]`` inclusive (all frames within ``radius`` of its absolute index).
-    """
+def window_weights(frames: int, radius: int, index: Sequence[int] | None = None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The Eq. 8 averaging matrix ``W`` ``[frames, frames]``: ``W[i, j] = 1 / |W(i)|`` when
+    ``|t_j - t_i| <= radius`` (``t`` = absolute frame index, default the position), else 0. Rows sum
+    to one; windows are clipped to the frames present. Banded when ``index`` is sorted."""
     if radius < 0:
         raise ValueError(f"radius: expected an integer >= 0, got {radius}")
     idx = _check_index(index, frames)
-    if idx is None:
-        pos = torch.arange(frames)
-        order = pos
-        t = pos
-    else:
-        t, order = torch.sort(idx, stable=True)
-    lo = torch.searchsorted(t, t - radius, right=False)
-    hi = torch.searchsorted(t, t + radius, right=True) - 1
-    return order, lo, hi
+    t = torch.arange(frames) if idx is None else idx
+    inside = ((t[:, None] - t[None, :]).abs() <= int(radius)).to(torch.float64)
+    return (inside / inside.sum(dim=1, keepdim=True)).to(dtype)
 
 
 def window_mean(x: torch.Tensor, n_chunks: int, radius: int,
-                index: Sequence[int] | None = None) -> torch.Tensor:
+                index: Sequence[int] | None = None, block: int = 16) -> torch.Tensor:
     """Eq. 8 averaging: ``x`` ``[n_chunks * frames, tokens, C]`` -> same shape, each frame replaced by
     the mean of the frames in its clipped window (same chunk only).
 
-    O(frames): one cumulative sum over the frame axis (in float32 for half inputs) and two
-    gathers; no ``[frames, window, ...]`` tensor.
+    O(frames): the banded averaging matrix (:func:`window_weights`) is applied in blocks of
+    ``block`` output frames, each one matrix product ``[block, block + 2N] @ [block + 2N, tokens*C]``
+    that reads the needed input frames once and writes its output frames once (memory-bound like a
+    copy; no ``[frames, window, ...]`` tensor, no temporaries besides the output).
     """
     if n_chunks < 1 or x.shape[0] % n_chunks != 0:
         raise ValueError(f"n_chunks: expected a positive divisor of the batch ({x.shape[0]}), got {n_chunks}")
     frames = x.shape[0] // n_chunks
     if radius == 0 or frames == 1:
+        _check_index(index, frames)
+        if radius < 0:
+            raise ValueError(f"radius: expected an integer >= 0, got {radius}")
         return x
-    order, lo, hi = window_bounds(frames, radius, index)
-    dev = x.device
-    order, lo, hi = order.to(dev), lo.to(dev), hi.to(dev)
-    identity = bool(torch.equal(order, torch.arange(frames, device=dev)))
-    acc_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    xs = x.reshape(n_chunks, frames, *x.shape[1:])
-    if not identity:
-        xs = xs.index_select(1, order)
-    # cs[:, p] = sum of sorted frames 0..p-1 (cs[:, 0] = 0): window sum = cs[hi+1] - cs[lo]
-    cs = torch.cumsum(xs.to(acc_dtype), dim=1)
-    cs = torch.cat([torch.zeros_like(cs[:, :1]), cs], dim=1)
-    total = cs.index_select(1, hi + 1)
-    total.sub_(cs.index_select(1, lo))
-    del cs
-    count = (hi - lo + 1).to(acc_dtype).view(1, frames, *([1] * (x.ndim - 1)))
-    total.div_(count)
-    if not identity:
-        inv = torch.empty_like(order)
-        inv[order] = torch.arange(frames, device=dev)
-        total = total.index_select(1, inv)
-    return total.to(x.dtype).reshape(x.shape)
+    w = window_weights(frames, radius, index, dtype=x.dtype).to(x.device)
+    nz = (w != 0).cpu()
+    xs = x.reshape(n_chunks, frames, -1)
+    out = torch.empty_like(xs)
+    for r0 in range(0, frames, max(1, int(block))):
+        r1 = min(frames, r0 + max(1, int(block)))
+        cols = nz[r0:r1].any(dim=0).nonzero().flatten()
+        c0, c1 = int(cols[0]), int(cols[-1]) + 1
+        wb = w[r0:r1, c0:c1]
+        for c in range(n_chunks):
+            torch.mm(wb, xs[c, c0:c1], out=out[c, r0:r1])
+    return out.reshape(x.shape)
 
 
 def first_frame(x: torch.Tensor, n_chunks: int, index: Sequence[int] | None = None) -> torch.Tensor:

@@ -153,3 +153,19 @@ def test_bad_inputs_raise_value_error():
         sw_cfa.window_mean(k, 4, 1)
     with pytest.raises(ValueError, match="index"):
         sw_cfa.window_mean(k, 2, 1, index=[0, 1])
+
+
+@pytest.mark.parametrize("block", [1, 5, 16, 64])
+def test_window_mean_blocks_match_naive(block):
+    frames = 37
+    x = torch.randn(2 * frames, 3, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(sw_cfa.window_mean(x, 2, 3, block=block), naive_window_mean(x, 2, 3))
+    perm = torch.randperm(frames, generator=torch.Generator().manual_seed(4)).tolist()
+    torch.testing.assert_close(sw_cfa.window_mean(x, 2, 3, index=perm, block=block), naive_window_mean(x, 2, 3, perm))
+
+
+def test_window_weights_rows_sum_to_one_and_are_banded():
+    w = sw_cfa.window_weights(10, 2, dtype=torch.float64)
+    torch.testing.assert_close(w.sum(1), torch.ones(10, dtype=torch.float64))
+    assert (w[0, :3] > 0).all() and (w[0, 3:] == 0).all()
+    assert w[5, 3:8].tolist() == pytest.approx([0.2] * 5)
