@@ -185,14 +185,13 @@ def test_workflow_in_browser(name, browser, server, clip_name, object_info):
         page.clear_messages()  # what the bare page logs at start is not this workflow's doing
 
         missing = sorted(set(want_types) - comfy.registered_types())
-        assert not missing, f"{name}: node types unknown to the page: {missing}"
-
         loaded = comfy.drop_workflow(workflow, f"{name}.json")
         time.sleep(1.0)  # let dialogs, toasts and previews settle
+        dialogs = comfy.dialogs()  # e.g. "This workflow has missing nodes"
+        assert not missing, f"{name}: node types unknown to the page: {missing}; dialogs: {[d[:300] for d in dialogs]}"
+        assert not dialogs, f"{name}: a dialog opened on load: {[d[:500] for d in dialogs]}"
         assert sorted(loaded["types"]) == want_types, f"{name}: the page loaded {loaded['types']}"
         assert loaded["groups"] == len(workflow.get("groups", [])), f"{name}: groups lost on load: {loaded}"
-        dialogs = comfy.dialogs()
-        assert not dialogs, f"{name}: a dialog opened on load: {[d[:500] for d in dialogs]}"
         bad_toasts = [t for t in comfy.toasts() if t["severity"] in ("p-toast-message-error", "p-toast-message-warn")]
         assert not bad_toasts, f"{name}: warnings shown on load: {bad_toasts}"
         errors = page_errors(page)
