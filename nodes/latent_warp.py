@@ -28,6 +28,14 @@ class LatentWarpConfig:
     ``ModelPatcher.clone()`` (which deep-copies model_options)."""
 
     def __init__(self, flow, fraction, batch_size, keyframe_mode, seed, strength):
+        if not 0.0 <= float(fraction) <= 1.0:
+            raise ValueError(f"fraction: expected a share of the steps in [0,1], got {fraction}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size: expected >= 1 frames, got {batch_size}")
+        if keyframe_mode not in lw.KEYFRAME_MODES:
+            raise ValueError(f"keyframe_mode: expected one of {lw.KEYFRAME_MODES}, got {keyframe_mode!r}")
+        if not 0.0 <= float(strength) <= 1.0:
+            raise ValueError(f"strength: expected a value in [0,1], got {strength}")
         self.flow, self.fraction, self.batch_size = flow, float(fraction), int(batch_size)
         self.keyframe_mode, self.seed, self.strength = keyframe_mode, int(seed), float(strength)
         self._windows = {}

@@ -272,3 +272,18 @@ def test_latent_warp_post_cfg_fallback_and_flow_length_error(comfy_host):
                       occlusion_bwd=z, confidence_fwd=z + 1, confidence_bwd=z + 1, height=16, width=16)
     with pytest.raises(ValueError, match="flow: covers 3 frames"):
         call(nlw.LatentWarpConfig(short, 0.5, 4, "stride", 0, 1.0), sched[0])
+
+
+def test_patch_nodes_reject_bad_settings_by_name(comfy_host):
+    lw_node = comfy_host.node("TR_LatentWarp")
+    tm_node = comfy_host.node("TR_TokenMerge")
+    with pytest.raises(ValueError, match="fraction"):
+        lw_node.execute(model=None, fraction=1.5)
+    with pytest.raises(ValueError, match="keyframe_mode"):
+        lw_node.execute(model=None, keyframe_mode="best")
+    with pytest.raises(ValueError, match="flow"):
+        lw_node.execute(model=None, flow="not a flow")
+    with pytest.raises(ValueError, match="ratio"):
+        tm_node.execute(model=None, ratio=-0.1)
+    with pytest.raises(ValueError, match="down_blocks"):
+        tm_node.execute(model=None, down_blocks="sift")
