@@ -71,6 +71,10 @@ def child(a) -> None:
     out = host.run(prompt, outputs=["1", "2", "3"])["outputs"]
     model, _, vae = out["1"]
     pos, neg = out["2"][0], out["3"][0]
+    if a.patch == "sw_cfa":  # cross-frame attention over the whole window: frames agree inside a window
+        from temporal_restore.nodes.sw_cfa import install_sw_cfa
+
+        model = install_sw_cfa(model, "sw_cfa", radius=a.window, blocks="all")
     g = torch.Generator().manual_seed(0)
     field = torch.nn.functional.interpolate(torch.randn(1, 4, 8, 8, generator=g), size=(64, 64), mode="bilinear")
     latent = torch.cat([field[:, :, (t // 4) % 60: (t // 4) % 60 + 4, 8:12] for t in range(a.frames)]).contiguous()
@@ -95,9 +99,11 @@ def child(a) -> None:
                                   "seam": seam, "windows": len(plan)}))
 
 
-def run_child(frames, steps, mode="fused", noise="rescheduled", carry=True, blend="ilt", window=8, overlap=4):
+def run_child(frames, steps, mode="fused", noise="rescheduled", carry=True, blend="ilt", window=8, overlap=4,
+              patch="none"):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--frames", str(frames), "--steps", str(steps),
-           "--mode", mode, "--noise", noise, "--blend", blend, "--window", str(window), "--overlap", str(overlap)]
+           "--mode", mode, "--noise", noise, "--blend", blend, "--window", str(window), "--overlap", str(overlap),
+           "--patch", patch]
     if carry:
         cmd.append("--carry")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -122,9 +128,13 @@ def main() -> None:
     ap.add_argument("--long", type=int, default=256)
     ap.add_argument("--short", type=int, default=16)
     ap.add_argument("--seam-frames", type=int, default=64)
+    ap.add_argument("--patch", default="none", choices=["none", "sw_cfa"])
+    ap.add_argument("--only-seam", action="store_true")
     a = ap.parse_args()
     if a.child:
         return child(a)
+    if a.only_seam:
+        return seams(a)
     print(f"long-clip bench: 32x32 frames, {a.steps} euler steps (denoise 0.6), window 8 / overlap 4, one subprocess per run")
     for mode in ("fused", "sequential"):
         s = run_child(a.short, a.steps, mode)
@@ -143,14 +153,20 @@ def main() -> None:
     l = run_child(a.long, a.steps, "fused", overlap=2)
     print(f"[fused, overlap 2] time/frame ratio {a.long}/{a.short}: "
           f"{(l['seconds'] / a.long) / (s['seconds'] / a.short):.3f}; peak RSS ratio {l['peak_mb'] / s['peak_mb']:.3f}")
+    seams(a)
+
+
+def seams(a) -> None:
     n = a.seam_frames
-    without = run_child(n, a.steps, "sequential", noise="independent", carry=False, blend="cut")
-    with_seq = run_child(n, a.steps, "sequential", noise="rescheduled", carry=True, blend="ilt")
-    fused = run_child(n, a.steps, "fused", noise="rescheduled", carry=True, blend="ilt")
-    print(f"seam ratio ({n} frames, lowpass flicker at window seams / elsewhere; 1 = invisible seams):")
-    print(f"  without state carrying (independent noise, no carry, hard cut): {without['seam']:.3f}")
-    print(f"  sequential with carrying (rescheduled noise, carried overlap, ILT): {with_seq['seam']:.3f}")
-    print(f"  fused (all windows advanced together, ILT every step):           {fused['seam']:.3f}")
+    for patch in ("none", "sw_cfa"):
+        without = run_child(n, a.steps, "sequential", noise="independent", carry=False, blend="cut", patch=patch)
+        with_seq = run_child(n, a.steps, "sequential", noise="rescheduled", carry=True, blend="ilt", patch=patch)
+        fused = run_child(n, a.steps, "fused", noise="rescheduled", carry=True, blend="ilt", patch=patch)
+        what = "plain tiny SD1.5 (frames independent)" if patch == "none" else "with SW-CFA over the window (frames agree inside a window)"
+        print(f"seam ratio, {what}; {n} frames, lowpass flicker at window seams / elsewhere (1 = invisible seams):")
+        print(f"  without state carrying (independent noise, no carry, hard cut): {without['seam']:.3f}")
+        print(f"  sequential with carrying (rescheduled noise, carried overlap, ILT): {with_seq['seam']:.3f}")
+        print(f"  fused (all windows advanced together, ILT every step):           {fused['seam']:.3f}")
 
 
 if __name__ == "__main__":
