@@ -19,9 +19,8 @@ from a file the user supplies; nothing is ever downloaded).
 from __future__ import annotations
 
 import logging
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
