@@ -82,6 +82,11 @@ def main():
                     help="tiny: random tiny SD1.5 (tests/tiny_models.py); demo: the pack's trained demo restorer "
                          "(models/demo/, if present) on a degraded clip, so E_warp / PSNR are meaningful")
     ap.add_argument("--task", default="denoise", help="demo model: degradation applied to the clip (pipelines.degrade)")
+    ap.add_argument("--eta", type=float, default=1.0, help="TR_DistilledSampler eta (1 consistency, 0 DDIM)")
+    ap.add_argument("--denoise", type=float, default=0.5, help="TR_DistilledSigmas denoise of the fast pipeline")
+    ap.add_argument("--hint", choices=["aligned", "degraded"], default="aligned",
+                    help="ControlNet hint of the fast pipeline: aligned decoded previous frame (VAE decode per "
+                         "frame) or the degraded frame (no decode)")
     ap.add_argument("--group", type=int, default=4, help="group size of the grouped fast configuration")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a shared host)")
     a = ap.parse_args()
@@ -127,14 +132,15 @@ def main():
         lat_note = "8x8 area-pooled frames (tiny VAE encoder overflows)"
     flow = fl.estimate_flow(clean)  # metric only, on the clean clip (the fast pipeline estimates its own, timed)
 
-    sampler = nd.DistilledSampler.execute(1.0, 1.0, True).args[0]
-    sigmas = nd.distilled_sigmas(model, "trailing", 4, 0.5, 50)
+    sampler = nd.DistilledSampler.execute(a.eta, 1.0, True).args[0]
+    sigmas = nd.distilled_sigmas(model, "trailing", 4, a.denoise, 50)
 
     def fast(strength, group=1):
         def go():
             with torch.inference_mode():
                 return nr.recurrent_sample(model, pos, neg, sampler, sigmas, {"samples": latent}, frames, 0, a.cfg,
-                                           strength, control_net=cn, vae=vae, group=group)[0]["samples"]
+                                           strength, control_net=cn, vae=vae if a.hint == "aligned" else None,
+                                           group=group)[0]["samples"]
         return go
 
     def tdm():
@@ -180,7 +186,8 @@ def main():
         return metrics.warping_error(img, flow=flow)
 
     what = f"demo restorer, task {a.task}" if a.model == "demo" else "random tiny SD1.5 + ControlNet"
-    print(f"{what}, {T} frames {W}x{H} ({source}), latent: {lat_note}, cfg {a.cfg}, median of {a.repeats} "
+    print(f"{what}, {T} frames {W}x{H} ({source}), latent: {lat_note}, cfg {a.cfg}, eta {a.eta}, "
+          f"denoise {a.denoise}, strength {a.strength}, hint {a.hint}, median of {a.repeats} "
           f"interleaved runs, torch threads {torch.get_num_threads()}")
     base = med["TDM default (10 inv + 32)"]
     for k, v in med.items():
