@@ -9,7 +9,8 @@ chunker (absolute ``frame_index`` selects the flow of the window). Installing tw
 Semantic term (Eq. 9): with a CLIP_VISION model connected, previews of the x0 estimate are embedded
 with it (resized to its input size and normalised with its mean/std, differentiably) and
 ``gamma * (1 - cos)`` between neighbours joins the loss. If the CLIP vision weights cannot take part in
-autograd the semantic term is skipped with a warning.
+autograd the semantic term is skipped with a warning. ComfyUI loads weights in inference mode, so a
+private autograd-capable copy of the vision tower is made on first use (see ``clip_embedder``).
 """
 from __future__ import annotations
 
@@ -29,12 +30,46 @@ log = logging.getLogger("temporal_restore")
 KEY = "tc_guidance"
 
 
+def _residual_forward(layer, x, mask=None, optimized_attention=None):
+    x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+    return x + layer.mlp(layer.layer_norm2(x))
+
+
+def _out_of_place_residuals(model) -> None:
+    """ComfyUI's CLIPLayer adds its residuals in place (fine for inference, fatal for autograd). On
+    OUR private copy only, each such layer gets an out-of-place forward (same maths); ComfyUI's
+    classes and every other instance are untouched."""
+    import types
+
+    for mod in model.modules():
+        if type(mod).__name__ == "CLIPLayer" and all(hasattr(mod, a) for a in ("self_attn", "layer_norm1", "mlp", "layer_norm2")):
+            mod.forward = types.MethodType(_residual_forward, mod)
+
+
 def clip_embedder(clip_vision):
-    """Differentiable ``rgb [T,3,h,w] (0..1) -> image embeddings [T,D]`` with a ComfyUI CLIP vision model."""
-    import comfy.model_management
+    """Differentiable ``rgb [T,3,h,w] (0..1) -> image embeddings [T,D]`` with a ComfyUI CLIP vision model.
+
+    ComfyUI loads models inside ``torch.inference_mode()``, and inference-mode weights cannot take part
+    in autograd, so the first call makes a private copy of the vision tower with normal tensors
+    (frozen, on the model's load device): the semantic term costs one extra copy of the CLIP vision
+    weights in memory while guidance is active."""
+    import copy
+
+    holder = {}
+
+    def tower():
+        if "model" not in holder:
+            with torch.inference_mode(False), torch.no_grad():
+                m = copy.deepcopy(clip_vision.model)
+                for p in list(m.parameters()) + list(m.buffers()):
+                    p.data = p.data.clone()
+                m.requires_grad_(False)
+                _out_of_place_residuals(m)
+                holder["model"] = m.to(clip_vision.load_device).eval()
+        return holder["model"]
 
     def embed(rgb):
-        comfy.model_management.load_model_gpu(clip_vision.patcher)
+        model = tower()
         size = int(getattr(clip_vision, "image_size", 224))
         mean = torch.tensor(getattr(clip_vision, "image_mean", [0.48145466, 0.4578275, 0.40821073]),
                             device=rgb.device, dtype=torch.float32).view(1, 3, 1, 1)
@@ -42,7 +77,7 @@ def clip_embedder(clip_vision):
                            device=rgb.device, dtype=torch.float32).view(1, 3, 1, 1)
         pix = F.interpolate(rgb.float(), size=(size, size), mode="bilinear", align_corners=False)
         pix = ((pix - mean) / std).to(clip_vision.load_device)
-        out = clip_vision.model(pixel_values=pix, intermediate_output=-2)
+        out = model(pixel_values=pix, intermediate_output=-2)
         return out[2].float().to(rgb.device)
 
     return embed

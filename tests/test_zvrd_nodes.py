@@ -216,3 +216,30 @@ def test_early_stop_returns_x0_of_that_step(zv, stop_at):
     cut = es.EarlyStopSigmas.execute(sigmas=sig, stop_at=stop_at).result[0]
     assert cut.shape[0] == k + 2
     assert not torch.allclose(out, zv["model"].model.process_latent_out(x0s[-1]))
+
+
+def test_tc_guidance_semantic_term_with_clip_vision(zv, tmp_path):
+    """Eq. 9 with a tiny CLIP vision model built and run the way ComfyUI does it (inference mode)."""
+    import json
+
+    import comfy.clip_vision
+
+    _, tc, _, _ = _mods()
+    cfg = {"hidden_act": "quick_gelu", "hidden_size": 32, "image_size": 32, "intermediate_size": 64,
+           "layer_norm_eps": 1e-5, "model_type": "clip_vision_model", "num_attention_heads": 2, "num_channels": 3,
+           "num_hidden_layers": 1, "patch_size": 16, "projection_dim": 16, "torch_dtype": "float32"}
+    path = tmp_path / "tiny_clip_vision.json"
+    path.write_text(json.dumps(cfg))
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        cv = comfy.clip_vision.ClipVisionModel(str(path))
+        cv.load_sd({k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in cv.get_sd().items()})
+        flow = translation_flow(FRAMES, 64, 64, 8.0)
+        m_pc, _ = tc.install_tc_guidance(zv["model"], scale=0.2, guidance_start=0.0, flow=flow)
+        m_sc, guide = tc.install_tc_guidance(zv["model"], scale=0.2, guidance_start=0.0, flow=flow,
+                                             clip_vision=cv, gamma=50.0)
+        a = _sample(m_pc, zv, steps=3)
+        b = _sample(m_sc, zv, steps=3)
+    assert guide.embed is not None, "semantic term was disabled"
+    assert guide.guided_steps > 0
+    assert (a - b).abs().max().item() > 1e-5
