@@ -30,7 +30,7 @@ import pytest
 import requests
 
 from harness import paths
-from harness.browser import Browser, BrowserError, ComfyPage
+from harness.browser import RETURNING_USER_SETTINGS, Browser, BrowserError, ComfyPage, store_settings
 from tr_cli import ui_format, workflows
 
 API = workflows.bundled()
@@ -151,6 +151,7 @@ def adapt(ui: dict, api: dict, object_info: dict, clip: str) -> tuple[dict, dict
 
 
 def open_comfy(browser, server):
+    store_settings(server.url, RETURNING_USER_SETTINGS)
     page = browser.new_page(1600, 1000)
     page.goto(server.url)
     comfy = ComfyPage(page)

@@ -353,6 +353,20 @@ class Browser:
         self.stop()
 
 
+# A user who has used the page before: no first-start template browser popping up over the graph.
+RETURNING_USER_SETTINGS = {"Comfy.TutorialCompleted": True}
+
+
+def store_settings(server_url: str, settings: dict) -> None:
+    """Write web-page settings into the server's user settings (POST /settings), before a page opens."""
+    import urllib.request
+
+    req = urllib.request.Request(server_url.rstrip("/") + "/settings", data=json.dumps(settings).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        r.read()
+
+
 class ComfyPage:
     """What a user does on ComfyUI's web page (frontend 1.32.x): wait for it, drop a workflow, press Run."""
 
@@ -445,6 +459,9 @@ class ComfyPage:
             const s = app.extensionManager.setting;
             for (const [k, v] of Object.entries({json.dumps(settings or self.CLEAN_VIEW_SETTINGS)})) await s.set(k, v);
             if (!app.extensionManager.workspace?.focusMode) await app.extensionManager.command.execute('Workspace.ToggleFocusMode');
+            const style = document.createElement('style');  // the focus-mode menu button
+            style.textContent = '.comfy-menu-hamburger {{ display: none !important; }}';
+            document.head.appendChild(style);
             return true;
         }})()""")
         time.sleep(0.5)
