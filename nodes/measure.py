@@ -9,6 +9,7 @@ from comfy_api.latest import io
 from ..pipelines import degrade as degradelib
 from ..pipelines import metrics as metricslib
 from ..pipelines import synthetic as synthlib
+from ._checks import check_finite, check_output_prefix, check_same_frames
 from ._types import FLOW
 
 log = logging.getLogger("temporal_restore")
@@ -97,7 +98,8 @@ class Degrade(io.ComfyNode):
     @classmethod
     def execute(cls, images, task, strength, seed) -> io.NodeOutput:
         s = None if strength is None or float(strength) < 0 else float(strength)
-        out = degradelib.degrade(degradelib.check_frames(images, "images"), task, s, int(seed))
+        images = check_finite(degradelib.check_frames(images, "images"), "images")
+        out = degradelib.degrade(images, task, s, int(seed))
         return io.NodeOutput(out)
 
 
@@ -137,9 +139,20 @@ class VideoMetrics(io.ComfyNode):
     @classmethod
     def execute(cls, restored, reference=None, degraded=None, flow=None, window_starts="",
                 filename_prefix="") -> io.NodeOutput:
-        restored = degradelib.check_frames(restored, "restored")
+        restored = check_finite(degradelib.check_frames(restored, "restored"), "restored")
         if degraded is not None and reference is None:
             raise ValueError("degraded: needs a reference clip to be compared against; connect reference too")
+        if reference is not None:
+            check_same_frames(restored, check_finite(degradelib.check_frames(reference, "reference"), "reference"),
+                              ("restored", "reference"))
+        if degraded is not None:
+            check_same_frames(restored, check_finite(degradelib.check_frames(degraded, "degraded"), "degraded"),
+                              ("restored", "degraded"))
+        if flow is not None and hasattr(flow, "num_frames"):
+            check_same_frames(restored, flow, ("restored", "flow"))
+        prefix = (filename_prefix or "").strip()
+        if prefix:
+            check_output_prefix(prefix, "filename_prefix")
         bounds = parse_boundaries(window_starts, restored.shape[0])
         if bounds and len(bounds) >= restored.shape[0] - 1:
             raise ValueError("window_starts: expected some frame pairs that are not window starts")
@@ -157,7 +170,6 @@ class VideoMetrics(io.ComfyNode):
                                      boundaries=bounds or None, callback=progress)
         text = metricslib.metrics_to_json(m)
         ui = {"text": [text]}
-        prefix = (filename_prefix or "").strip()
         if prefix:
             import folder_paths
 

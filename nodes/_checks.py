@@ -1,0 +1,130 @@
+"""Input validation shared by the pack's nodes.
+
+Every helper raises ``ValueError`` whose message starts with the input's name and says what was
+expected and what was given (CONTRIBUTING: "Errors on bad input"), and returns the validated value so
+checks chain: ``images = check_finite(check_frames(images, "images"), "images")``.
+
+Nothing here imports ``comfy`` at module import; ``folder_paths`` / ``comfy.model_sampling`` are
+imported inside the helpers that need them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+
+def _shape(x: Any):
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def check_frames(t: Any, name: str = "images", min_frames: int = 1) -> torch.Tensor:
+    """A ComfyUI IMAGE batch ``[T, H, W, C]`` (C = 3 or 4) of floats with ``T >= min_frames``."""
+    if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[-1] not in (3, 4):
+        raise ValueError(f"{name}: expected an IMAGE batch [frames, height, width, 3], got {_shape(t)}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name}: expected float pixel values in 0..1, got dtype {t.dtype}")
+    if t.shape[0] < min_frames or t.shape[1] < 1 or t.shape[2] < 1:
+        raise ValueError(f"{name}: expected at least {min_frames} frame(s) of at least 1x1 pixels, "
+                         f"got {tuple(t.shape)}")
+    return t
+
+
+def check_latent(latent: Any, name: str = "latent", multiple: int | None = None, min_frames: int = 1) -> torch.Tensor:
+    """``latent`` is a LATENT dict (or its ``samples`` tensor) of image latents ``[T, C, h, w]``.
+
+    ``multiple``: the frame count must be a multiple of it (e.g. a chunk size). Returns the samples."""
+    samples = latent.get("samples") if isinstance(latent, dict) else latent
+    if not isinstance(samples, torch.Tensor):
+        raise ValueError(f"{name}: expected a LATENT with image latents [frames, C, h, w], got {_shape(samples)}")
+    if getattr(samples, "is_nested", False) or samples.ndim != 4:
+        shape = "a nested latent" if getattr(samples, "is_nested", False) else tuple(samples.shape)
+        raise ValueError(f"{name}: expected image latents [frames, C, h, w], got {shape}")
+    if samples.shape[0] < min_frames:
+        raise ValueError(f"{name}: expected at least {min_frames} frame(s), got {samples.shape[0]}")
+    if multiple and samples.shape[0] % int(multiple):
+        raise ValueError(f"{name}: expected a frame count that is a multiple of {multiple}, got {samples.shape[0]}")
+    return samples
+
+
+def check_finite(t: Any, name: str) -> Any:
+    """No NaN / Inf in the tensor ``t`` (or in ``t["samples"]`` for a LATENT dict)."""
+    x = t.get("samples") if isinstance(t, dict) else t
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and not getattr(x, "is_nested", False):
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            n_nan = int(torch.isnan(x).sum())
+            n_inf = int(bad.sum()) - n_nan
+            where = sorted({int(i) for i in bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten()}) \
+                if x.ndim >= 1 else []
+            raise ValueError(f"{name}: expected finite values, got {n_nan} NaN and {n_inf} Inf "
+                             f"(frames {where[:8]}{'...' if len(where) > 8 else ''}); check the node that made it")
+    return t
+
+
+def check_same_frames(a: Any, b: Any, names: tuple[str, str]) -> None:
+    """``a`` and ``b`` (tensors with frames first, LATENT dicts or FlowFields) cover the same number of frames."""
+    def frames(x):
+        if isinstance(x, dict):
+            x = x.get("samples")
+        if hasattr(x, "num_frames"):
+            return int(x.num_frames)
+        return int(x.shape[0])
+
+    fa, fb = frames(a), frames(b)
+    if fa != fb:
+        raise ValueError(f"{names[1]}: expected {fa} frames like {names[0]}, got {fb}")
+
+
+def check_size_multiple(t: Any, name: str, multiple: int = 8, layout: str = "BHWC") -> Any:
+    """Height and width of an IMAGE (``BHWC``) or latent (``BCHW``) are multiples of ``multiple``."""
+    h, w = (t.shape[1], t.shape[2]) if layout == "BHWC" else (t.shape[-2], t.shape[-1])
+    if h % multiple or w % multiple:
+        raise ValueError(f"{name}: expected width and height that are multiples of {multiple}, got {w}x{h}")
+    return t
+
+
+def check_steps(steps: Any, name: str = "steps", minimum: int = 1, maximum: int | None = None) -> int:
+    """An integer step count in ``[minimum, maximum]`` (a linked value skips the schema's min/max)."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or int(steps) != steps:
+        raise ValueError(f"{name}: expected an integer, got {steps!r}")
+    steps = int(steps)
+    if steps < minimum or (maximum is not None and steps > maximum):
+        hi = "" if maximum is None else f" and <= {maximum}"
+        raise ValueError(f"{name}: expected an integer >= {minimum}{hi}, got {steps}")
+    return steps
+
+
+def check_sd15(model: Any, name: str = "model") -> Any:
+    """A ModelPatcher of an SD1.x-style UNet: discrete eps/v noise schedule and the SD1.5 attention
+    layout this pack's block numbering assumes (``model_channels``/``transformer_depth`` may differ,
+    as in the tiny test model; the block structure may not)."""
+    import comfy.model_sampling as cms
+
+    try:
+        ms = model.get_model_object("model_sampling")
+        unet = model.get_model_object("diffusion_model")
+    except Exception as e:  # not a ModelPatcher
+        raise ValueError(f"{name}: expected a diffusion MODEL, got {type(model).__name__}") from e
+    if not isinstance(ms, cms.EPS) or isinstance(ms, cms.X0) or not hasattr(ms, "sigmas"):
+        raise ValueError(f"{name}: expected an SD1.5-style model (discrete eps/v-prediction schedule), "
+                         f"got model sampling {type(ms).__name__}")
+    blocks = [getattr(unet, a, None) for a in ("input_blocks", "middle_block", "output_blocks")]
+    if any(b is None for b in blocks) or len(blocks[0]) != 12 or len(blocks[2]) != 12:
+        raise ValueError(f"{name}: expected an SD1.5-style UNet (12 input and 12 output blocks), "
+                         f"got {type(unet).__name__}")
+    return model
+
+
+def check_output_prefix(prefix: str, name: str = "filename_prefix") -> str:
+    """A ``filename_prefix`` that stays inside ComfyUI's output folder (subfolders allowed)."""
+    import folder_paths
+
+    prefix = (prefix or "").strip()
+    out_dir = os.path.abspath(folder_paths.get_output_directory())
+    target = os.path.abspath(os.path.join(out_dir, os.path.normpath(prefix)))
+    if not prefix or os.path.isabs(prefix) or os.path.commonpath((out_dir, target)) != out_dir or target == out_dir:
+        raise ValueError(f"{name}: expected a file name prefix inside ComfyUI's output folder (e.g. "
+                         f"'temporal_restore/clip'; no absolute path, no '..' leaving the folder), got {prefix!r}")
+    return prefix
