@@ -243,3 +243,30 @@ def test_tc_guidance_semantic_term_with_clip_vision(zv, tmp_path):
     assert guide.embed is not None, "semantic term was disabled"
     assert guide.guided_steps > 0
     assert (a - b).abs().max().item() > 1e-5
+
+
+def test_graph_noise_share_and_early_stop_sigmas_via_executor(comfy_host, tiny, zv):
+    """The nodes through ComfyUI's executor: SamplerCustomAdvanced with TR_NoiseShare noise and an
+    early-stopped schedule. Zero latent + shared noise and no flow: every frame comes out identical."""
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": FRAMES}},
+        "5": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 4, "denoise": 1.0}},
+        "6": {"class_type": "TR_EarlyStopSigmas", "inputs": {"sigmas": ["5", 0], "stop_at": 0.5}},
+        "7": {"class_type": "TR_NoiseShare", "inputs": {"seed": 3, "blend": 0.5, "variance_preserving": True,
+                                                       "blend_initial": True}},
+        "8": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": 2.0}},
+        "9": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "10": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["7", 0], "guider": ["8", 0], "sampler": ["9", 0],
+                                                                 "sigmas": ["6", 0], "latent_image": ["4", 0]}},
+        "11": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["1", 2]}},
+        "12": {"class_type": "PreviewImage", "inputs": {"images": ["11", 0]}},
+    }
+    res = comfy_host.run(prompt, outputs=["6", "10"])
+    sig = res["outputs"]["6"][0]
+    assert sig.shape[0] == 4 and float(sig[-1]) == 0.0  # steps 0..2 kept, then 0
+    lat = res["outputs"]["10"][0]["samples"]
+    assert lat.shape == (FRAMES, 4, LAT, LAT)
+    assert (lat[1:] - lat[:1]).abs().max().item() <= 1e-5 * lat.abs().max().item()
