@@ -353,4 +353,43 @@ class ILTChunker(io.ComfyNode):
         return io.NodeOutput(out)
 
 
-NODES = [ILTChunker]
+class RescheduledNoiseObject:
+    """NOISE for SamplerCustomAdvanced: ``window`` base noise frames reused and reordered across
+    overlapping windows (:func:`pipelines.ilt.reschedule_noise`), for samplers outside the chunker."""
+
+    def __init__(self, seed: int, window: int, overlap: int):
+        self.seed, self.window, self.overlap = int(seed), int(window), int(overlap)
+        ilt.plan_windows(1, self.window, self.overlap)  # validate early
+
+    def generate_noise(self, input_latent):
+        x = input_latent["samples"]
+        if x.is_nested or x.dim() < 2 or x.shape[0] < 1:
+            raise ValueError(f"latent: expected [frames, ...] with at least one frame, got {tuple(x.shape)}")
+        return ilt.reschedule_noise(x.shape[0], self.window, self.overlap, x.shape[1:], seed=self.seed, dtype=x.dtype)
+
+
+class RescheduledNoise(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="TR_RescheduledNoise",
+            display_name="Rescheduled Noise (Temporal Restore)",
+            category="temporal_restore/sampling",
+            description="Noise whose frames repeat, reordered, every window (DiffVSR noise rescheduling / FreeNoise), "
+                        "for SamplerCustomAdvanced.",
+            inputs=[
+                io.Int.Input("noise_seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Seed of the base noise frames."),
+                io.Int.Input("window", default=8, min=1, max=4096, tooltip="Frames per window (distinct noise frames)."),
+                io.Int.Input("overlap", default=4, min=0, max=4095,
+                             tooltip="Frames shared by consecutive windows; must be smaller than window."),
+            ],
+            outputs=[io.Noise.Output(display_name="noise")],
+        )
+
+    @classmethod
+    def execute(cls, noise_seed, window, overlap) -> io.NodeOutput:
+        return io.NodeOutput(RescheduledNoiseObject(noise_seed, window, overlap))
+
+
+NODES = [ILTChunker, RescheduledNoise]

@@ -287,3 +287,24 @@ def test_memory_estimate_is_for_one_window(comfy_host, tiny, inference, monkeypa
         ilt_node.chunked_sample(model, pos, neg, {"samples": latent}, 0, 2.0, comfy.samplers.sampler_object("euler"),
                                 _sigmas(model, 1), window=4, overlap=2, mode=mode)
         assert seen and max(seen) == 4, (mode, seen)
+
+
+def test_rescheduled_noise_node_feeds_sampler_custom_advanced(comfy_host, tiny):
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a clean photo", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 10}},
+        "5": {"class_type": "TR_RescheduledNoise", "inputs": {"noise_seed": 3, "window": 4, "overlap": 2}},
+        "6": {"class_type": "BasicGuider", "inputs": {"model": ["1", 0], "conditioning": ["2", 0]}},
+        "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "8": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 2, "denoise": 1.0}},
+        "9": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["5", 0], "guider": ["6", 0], "sampler": ["7", 0],
+                                                                "sigmas": ["8", 0], "latent_image": ["4", 0]}},
+    }
+    out = comfy_host.run(prompt, outputs=["5", "9"])["outputs"]
+    noise = out["5"][0].generate_noise({"samples": torch.zeros(10, 4, 4, 4)})
+    assert torch.equal(noise, ilt.reschedule_noise(10, 4, 2, (4, 4, 4), seed=3))
+    assert out["9"][0]["samples"].shape == (10, 4, 4, 4)
+    with pytest.raises(Exception, match="overlap"):
+        prompt["5"]["inputs"]["overlap"] = 4
+        comfy_host.run(prompt, outputs=["9"])
