@@ -100,6 +100,16 @@ def cross_neighbour_attention(q: Tensor, k: Tensor, v: Tensor, heads: int,
     return (attention or sdpa_attention)(q, kn, vn, heads)
 
 
+def check_flow_covers(flow: Optional[FlowField], frame_index: Sequence[int]) -> None:
+    """ValueError (naming ``flow``) unless ``flow`` has every absolute frame of ``frame_index``."""
+    if flow is None:
+        return
+    idx = [int(i) for i in frame_index]
+    if idx and (min(idx) < 0 or max(idx) >= flow.num_frames):
+        raise ValueError(f"flow: expected a FLOW covering frames {min(idx)}..{max(idx)} of the latent batch "
+                         f"({len(idx)} frames), got a FLOW of {flow.num_frames} frames")
+
+
 # --------------------------------------------------------------------------------------------
 # x0 preview and its flow
 # --------------------------------------------------------------------------------------------
@@ -433,6 +443,7 @@ class SLRAttention:
     # -- the layer -------------------------------------------------------------------------------
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, heads: int, frame_index: Sequence[int],
                  chunk: Hashable, hw: tuple[int, int], progress: float, largest: bool) -> Tensor:
+        check_flow_covers(self.input_flow, frame_index)
         qhat = cross_neighbour_attention(q, k, v, heads, frame_index, self.attention)
         T = q.shape[0]
         if not largest or T < 2 or self.strength == 0.0 or progress < self.trajectory_start:

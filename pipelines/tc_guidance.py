@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .flow import FlowField, warp
-from .slr_attention import latent_to_rgb, preview_flow
+from .slr_attention import check_flow_covers, latent_to_rgb, preview_flow
 
 log = logging.getLogger("temporal_restore")
 
@@ -152,6 +152,7 @@ class TCGuidance:
             return x0
         self.new_run(run_key)
         key = tuple(int(i) for i in frame_index)
+        check_flow_covers(self.input_flow, key)
         pixel = progress >= self.guidance_start
         use_sc = self.embed is not None and self.gamma != 0.0
         flow = self.flow_for(key, x0.shape) if pixel else None

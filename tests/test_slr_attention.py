@@ -153,6 +153,10 @@ def test_x0_flow_on_preview_recovers_motion():
 
 
 def test_bad_inputs():
+    layer = slr.SLRAttention(input_flow=translation_flow(2, 4, 4, 0.0))
+    q = torch.zeros(3, 16, 4)
+    with pytest.raises(ValueError, match="flow: .*2 frames"):
+        layer(q, q, q, 1, [0, 1, 2], chunk=0, hw=(4, 4), progress=0.0, largest=False)
     with pytest.raises(ValueError, match="trajectory_start"):
         slr.SLRAttention(trajectory_start=2.0)
     with pytest.raises(ValueError, match="factors"):

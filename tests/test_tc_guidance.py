@@ -85,6 +85,9 @@ def test_guidance_object_gates_on_progress_and_uses_previous_x0_flow():
 
 
 def test_bad_inputs():
+    guide = tc.TCGuidance(scale=0.1, input_flow=translation_flow(2, 4, 4, 0.0))
+    with pytest.raises(ValueError, match="flow: .*2 frames"):
+        guide(torch.zeros(3, 4, 4, 4), 1.0, [0, 1, 2])
     with pytest.raises(ValueError, match="scale"):
         tc.TCGuidance(scale=-1)
     with pytest.raises(ValueError, match="guidance_start"):
