@@ -62,6 +62,8 @@ def add_parser(sub) -> None:
     p.add_argument("--keep-state", action="store_true", help="keep the checkpoint folder after success")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--models-dir", action="append", default=[], help="extra models folder for the local server")
+    p.add_argument("--checkpoint", help="checkpoint file name replacing the workflow's (node titled Checkpoint)")
+    p.add_argument("--controlnet", help="ControlNet file name replacing the workflow's (node titled ControlNet)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="override a workflow input (as in `run`)")
     p.add_argument("--quiet", action="store_true")
@@ -180,7 +182,7 @@ class ComfyBackend:
             self.local = LocalServer(os.path.join(REPO, ".host", "runner"), models_dirs=models)
             print(f"starting a local ComfyUI on 127.0.0.1:{self.local.port} ...", file=sys.stderr)
             self.client = Client(self.local.start())
-        self.base = workflows.with_overrides(workflows.load(args.workflow), list(args.sets))
+        self.base = workflows.with_overrides(workflows.load(args.workflow), _sets(args))
         self.tail = self._tail(self.base)
         self.run_tag = uuid.uuid4().hex[:8]
 
@@ -267,8 +269,17 @@ def _config(args, info) -> dict:
     st = os.stat(args.input)
     return {"version": STATE_VERSION, "input": os.path.abspath(args.input), "size": st.st_size,
             "mtime": int(st.st_mtime), "segment": args.segment, "context": args.context,
-            "backend": args.backend, "workflow": args.workflow, "sets": list(args.sets),
+            "backend": args.backend, "workflow": args.workflow, "sets": _sets(args),
             "workflow_hash": _workflow_hash(args) if args.backend == "comfy" else None}
+
+
+def _sets(args) -> list[str]:
+    sets = []
+    if getattr(args, "checkpoint", None):
+        sets.append(f"Checkpoint.ckpt_name={args.checkpoint}")
+    if getattr(args, "controlnet", None):
+        sets.append(f"ControlNet.control_net_name={args.controlnet}")
+    return sets + list(args.sets)
 
 
 def _workflow_hash(args) -> str:
