@@ -1,0 +1,42 @@
+"""nodes/_patching.py: the shared chunk / frame-index / clone helpers."""
+import pytest
+
+
+@pytest.fixture(scope="module")
+def patching(comfy_host):  # the pack's nodes package imports comfy_api: needs the host on sys.path
+    from temporal_restore.nodes import _patching
+
+    return _patching
+
+
+def test_chunk_layout(patching):
+    assert patching.chunk_layout({"cond_or_uncond": [1, 0]}, 8) == (2, 4)
+    assert patching.chunk_layout({"cond_or_uncond": [0]}, 5) == (1, 5)
+    assert patching.chunk_layout({}, 6) == (1, 6)
+    assert patching.chunk_layout(None, 3) == (1, 3)
+    with pytest.raises(ValueError, match="batch"):
+        patching.chunk_layout({"cond_or_uncond": [1, 0]}, 7)
+
+
+def test_frame_index(patching):
+    assert patching.frame_index({}, 3) == [0, 1, 2]
+    assert patching.frame_index({"temporal_restore": {"frame_index": [7, 8, 9]}}, 3) == [7, 8, 9]
+    assert patching.frame_index({"temporal_restore": {"other": 1}}, 2) == [0, 1]
+    with pytest.raises(ValueError, match="frame_index"):
+        patching.frame_index({"temporal_restore": {"frame_index": [1, 2]}}, 3)
+
+
+def test_clone_with_options_leaves_original(patching, tiny):
+    import comfy.sd
+
+    model = comfy.sd.load_checkpoint_guess_config(tiny["checkpoint_path"], output_vae=False, output_clip=False)[0]
+    model.model_options.setdefault("transformer_options", {})["temporal_restore"] = {"a": 1}
+    a = patching.clone_with_options(model, "frame_index", [4, 5])
+    b = patching.clone_with_options(a, "frame_index", [6, 7])
+    assert model.model_options["transformer_options"]["temporal_restore"] == {"a": 1}
+    assert a.model_options["transformer_options"]["temporal_restore"] == {"a": 1, "frame_index": [4, 5]}
+    assert b.model_options["transformer_options"]["temporal_restore"] == {"a": 1, "frame_index": [6, 7]}
+    assert patching.get_option(b, "frame_index") == [6, 7] and patching.get_option(model, "frame_index") is None
+    assert a is not model and a.model is model.model
+    with pytest.raises(ValueError, match="key"):
+        patching.clone_with_options(model, "", 1)
