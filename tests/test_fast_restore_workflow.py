@@ -91,17 +91,17 @@ def test_fast_restore_runs_end_to_end(server, tiny):
 
     prompt = _load()
     name = "tr_fast_restore_clip.mp4"
-    has_audio = _short_clip(os.path.join(server.base, "input", name), frames=4)
+    has_audio = _short_clip(os.path.join(server.base, "input", name), frames=3)
     _by_title(prompt, "Input video")["inputs"]["file"] = name
     _by_title(prompt, "Checkpoint")["inputs"]["ckpt_name"] = tiny["checkpoint"]
     _by_title(prompt, "ControlNet")["inputs"]["control_net_name"] = tiny["controlnet"]
-    next(n for n in prompt.values() if n["class_type"] == "TR_DistilledSigmas")["inputs"]["steps"] = 2  # CPU time
+    next(n for n in prompt.values() if n["class_type"] == "TR_DistilledSigmas")["inputs"]["steps"] = 1  # CPU time (the shipped 4 steps are checked above)
     entry = server.run(prompt)
     videos = [f for f in server.output_files(entry) if f.endswith(".mp4")]
     assert videos, server.output_files(entry)
     with av.open(videos[0]) as c:
         vs = c.streams.video[0]
         n = sum(1 for _ in c.decode(vs))
-        assert n == 4
+        assert n == 3
         if has_audio:
             assert c.streams.audio, "audio track dropped"
