@@ -270,3 +270,28 @@ def test_tdm_workflow_runs_end_to_end(server, tiny):
     with av.open(files[0]) as c:
         assert c.streams.video and c.streams.audio
         assert sum(1 for _ in c.decode(video=0)) == 4
+
+
+def test_swcfa_patch_call_keeps_chunks_apart_and_reads_frame_index(comfy_host):
+    """The attn1 replace patch itself, with ComfyUI's optimized_attention: the cond chunk never sees
+    the uncond chunk, and the chunker's frame_index shapes the windows."""
+    sw, _, _ = _mods()
+    from temporal_restore.pipelines import sw_cfa as pipe
+
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(8, 16, 32, generator=g) for _ in range(3))
+    patch = sw.SWCFAAttention("sw_cfa", 1)
+    opts = {"cond_or_uncond": [1, 0], "n_heads": 2, "attn_precision": None}
+    out = patch(q, k, v, opts)
+    k2, v2 = k.clone(), v.clone()
+    k2[:4] += 5.0
+    v2[:4] -= 5.0
+    out2 = patch(q, k2, v2, opts)
+    assert torch.equal(out[4:], out2[4:]) and not torch.allclose(out[:4], out2[:4])
+    ref = pipe.sw_cfa_attention(q, k, v, 2, n_chunks=2, radius=1)
+    assert (out - ref).abs().max().item() < 1e-5
+    idx = [0, 1, 10, 11]
+    out_idx = patch(q, k, v, dict(opts, temporal_restore={"frame_index": idx}))
+    ref_idx = pipe.sw_cfa_attention(q, k, v, 2, n_chunks=2, radius=1, index=idx)
+    assert (out_idx - ref_idx).abs().max().item() < 1e-5
+    assert (out_idx - out).abs().max().item() > 1e-4
