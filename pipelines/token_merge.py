@@ -20,6 +20,19 @@ targets (padding removal), unless a chunk must be shortened to a common length (
 
 Everything is expressed as one index ``dest [B*N]`` (slot of each input token in the merged batch),
 so ``merge`` is a scatter-mean and ``unmerge`` a gather: the pair is reversible by construction.
+
+Limitations (honest notes):
+
+* The merged chunk is attended jointly (VidToMe-style), so a chunk of F frames costs
+  ``(N + (1 - r)(F - 1) N)^2`` instead of ``F N^2``: cheaper than per-frame attention only for
+  ``r`` above about 0.6 with 4-frame chunks (bench/bench_token_merge.py).
+* No size-weighted ("proportional") attention: ComfyUI's attn1_patch cannot add a logit bias.
+  On identical frames merged attention equals per-frame attention exactly at ``r = 1`` and
+  approximately below (remaining duplicates get extra weight).
+* At ratios that force merging sources without a valid match (padding, matches leaving the
+  frame), those are merged into the clamped border target.
+* ComfyUI 0.3.75 does not pass ``transformer_options`` to ControlNet models, so ControlNet
+  blocks are never merged (deliberately left alone).
 """
 from __future__ import annotations
 
