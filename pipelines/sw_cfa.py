@@ -34,6 +34,7 @@ Modes:
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -79,6 +80,19 @@ def window_weights(frames: int, radius: int, index: Sequence[int] | None = None,
     return (inside / inside.sum(dim=1, keepdim=True)).to(dtype)
 
 
+@functools.lru_cache(maxsize=64)
+def _window_plan(frames: int, radius: int, index: tuple | None, block: int):
+    """CPU float64 weights and, per block of output rows, the span of input frames it reads."""
+    w = window_weights(frames, radius, index, dtype=torch.float64)
+    nz = w != 0
+    spans = []
+    for r0 in range(0, frames, block):
+        r1 = min(frames, r0 + block)
+        cols = nz[r0:r1].any(dim=0).nonzero().flatten()
+        spans.append((r0, r1, int(cols[0]), int(cols[-1]) + 1))
+    return w, tuple(spans)
+
+
 def window_mean(x: torch.Tensor, n_chunks: int, radius: int,
                 index: Sequence[int] | None = None, block: int = 16) -> torch.Tensor:
     """Eq. 8 averaging: ``x`` ``[n_chunks * frames, tokens, C]`` -> same shape, each frame replaced by
@@ -97,14 +111,12 @@ def window_mean(x: torch.Tensor, n_chunks: int, radius: int,
         if radius < 0:
             raise ValueError(f"radius: expected an integer >= 0, got {radius}")
         return x
-    w = window_weights(frames, radius, index, dtype=x.dtype).to(x.device)
-    nz = (w != 0).cpu()
+    w64, spans = _window_plan(frames, int(radius), None if index is None else tuple(int(i) for i in index),
+                              max(1, int(block)))
+    w = w64.to(device=x.device, dtype=x.dtype)
     xs = x.reshape(n_chunks, frames, -1)
     out = torch.empty_like(xs)
-    for r0 in range(0, frames, max(1, int(block))):
-        r1 = min(frames, r0 + max(1, int(block)))
-        cols = nz[r0:r1].any(dim=0).nonzero().flatten()
-        c0, c1 = int(cols[0]), int(cols[-1]) + 1
+    for r0, r1, c0, c1 in spans:
         wb = w[r0:r1, c0:c1]
         for c in range(n_chunks):
             torch.mm(wb, xs[c, c0:c1], out=out[c, r0:r1])
