@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from temporal_restore.pipelines import distilled, ilt, latent_warp, metrics, noise_share, sw_cfa
+from temporal_restore.pipelines import degrade, distilled, ilt, latent_warp, metrics, noise_share, sw_cfa
 from temporal_restore.pipelines import flow as flowlib
 from temporal_restore.pipelines import token_merge as tm
 
@@ -479,3 +479,63 @@ def test_metrics_seam_ratio_value_error_or_nonnegative(shape, bounds, seed):
         assert not ok
         return
     assert ok and (r >= 0 and not math.isnan(r))
+
+
+# == flow estimation, degradations and metrics on tiny / odd frames ==========================================
+@FEW
+@given(t=st.integers(1, 3), h=st.integers(1, 20), w=st.integers(1, 20), stride=st.integers(0, 2),
+       preset=st.sampled_from(flowlib.DIS_PRESETS), grid=st.sampled_from([None, (1, 1), (3, 2)]), seed=seeds)
+def test_dis_estimate_flow_any_frame_size(t, h, w, stride, preset, grid, seed):
+    """OpenCV DIS on frames down to 1x1 pixels: a FlowField of the right shape, finite, or a ValueError."""
+    frames = torch.rand(t, h, w, 3, generator=gen(seed))
+    try:
+        ff = flowlib.estimate_flow(frames, keyframes=flowlib.keyframe_indices(t, stride), preset=preset,
+                                   out_size=grid)
+    except ValueError:
+        assert min(h, w) < 8, "a documented ValueError is only acceptable for frames too small to estimate"
+        return
+    gh, gw = (h, w) if grid is None else grid
+    assert (ff.num_frames, ff.height, ff.width) == (t, gh, gw)
+    for name, v in ff._tensors().items():
+        if v is not None:
+            assert finite(v), name
+
+
+@FEW
+@given(task=st.sampled_from(sorted(degrade.TASKS)), t=st.integers(1, 3), h=st.integers(1, 24),
+       w=st.integers(1, 24), seed=seeds)
+def test_degrade_any_frame_size(task, t, h, w, seed):
+    frames = torch.rand(t, h, w, 3, generator=gen(seed))
+    try:
+        out = degrade.degrade(frames, task, None, seed)
+    except ValueError as e:
+        assert str(e).split(":")[0] in ("frames", "images", "task", "strength", "height", "width"), str(e)
+        return
+    assert out.ndim == 4 and out.shape[0] == t and out.shape[-1] == 3 and finite(out)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    if task == "sr_x2":
+        assert out.shape[1:3] == (max(1, h // 2), max(1, w // 2)) or out.shape[1:3] == (-(-h // 2), -(-w // 2))
+    elif task == "sr_x4":
+        assert out.shape[1:3] == (max(1, h // 4), max(1, w // 4)) or out.shape[1:3] == (-(-h // 4), -(-w // 4))
+    else:
+        assert out.shape == frames.shape
+
+
+@FEW
+@given(t=st.integers(1, 3), h=st.integers(1, 16), w=st.integers(1, 16), seed=seeds)
+def test_video_metrics_any_frame_size_with_dis(t, h, w, seed):
+    """video_metrics with DIS flow (no flow given) on tiny frames: numbers or a ValueError naming the input."""
+    g = gen(seed)
+    ref = torch.rand(t, h, w, 3, generator=g)
+    res = (ref + 0.05 * torch.randn(t, h, w, 3, generator=g)).clamp(0, 1)
+    try:
+        m = metrics.video_metrics(res, reference=ref)
+    except ValueError as e:
+        assert str(e).split(":")[0] in ("restored", "reference", "frames"), str(e)
+        assert min(h, w) < 3
+        return
+    assert m["frames"] == t
+    for k, v in m.items():
+        if isinstance(v, float):
+            assert not math.isnan(v), k
+    metrics.metrics_to_json(m)
