@@ -1,0 +1,162 @@
+"""TR_DemoModelLoader and the embedded demo model (models/demo/) on real ComfyUI, plus its quality figures on a
+held-out clip (pipelines.train_tasks.heldout_clip: images never seen in training)."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_DIR = os.path.join(REPO, "models", "demo")
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models on a shared, busy CPU run ~10x faster on one thread than on two (no barrier waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _arch():
+    from temporal_restore.nodes import _demo_arch
+
+    return _demo_arch
+
+
+@pytest.fixture(scope="module")
+def demo(comfy_host):
+    import comfy.supported_models as sm
+
+    before = list(sm.models)
+    model, clip, vae, control = _arch().load_demo()
+    return {"model": model, "clip": clip, "vae": vae, "control": control, "models_before": before}
+
+
+def test_schema_tooltips(comfy_host):
+    schema = comfy_host.node("TR_DemoModelLoader").define_schema()
+    assert schema.node_id == "TR_DemoModelLoader" and schema.category.startswith("temporal_restore/")
+    assert all(i.tooltip for i in schema.inputs)
+    assert [o.display_name for o in schema.outputs] == ["MODEL", "CLIP", "VAE", "CONTROL_NET"]
+
+
+def test_no_global_registration(demo):
+    import comfy.supported_models as sm
+
+    assert list(sm.models) == demo["models_before"]
+    assert not any("Demo" in c.__name__ for c in sm.models)
+
+
+def test_objects_are_sd15_shaped(demo):
+    import comfy.latent_formats
+    import comfy.model_sampling
+    import comfy.supported_models as sm
+
+    base = demo["model"].model
+    assert isinstance(base.model_config, sm.SD15)
+    assert isinstance(base.latent_format, comfy.latent_formats.SD15)
+    assert isinstance(base.model_sampling, comfy.model_sampling.EPS)
+    assert demo["vae"].latent_channels == 4 and demo["vae"].downscale_ratio == 8
+    size = sum(os.path.getsize(os.path.join(DEMO_DIR, f)) for f in (_arch().CHECKPOINT, _arch().CONTROLNET))
+    assert size <= 30e6
+
+
+def test_missing_files_clear_error(comfy_host, tmp_path):
+    node = comfy_host.node("TR_DemoModelLoader")
+    with pytest.raises(ValueError, match="demo_sd15.safetensors"):
+        node.execute(directory=str(tmp_path))
+    with pytest.raises(ValueError, match="directory"):
+        node.execute(directory=str(tmp_path / "nope"))
+
+
+def test_loader_node_samples_with_controlnet(comfy_host):
+    prompt = {
+        "1": {"class_type": "TR_DemoModelLoader", "inputs": {"directory": ""}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "remove the noise", "clip": ["1", 1]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "5": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 2, "color": 8421504}},
+        "6": {"class_type": "ControlNetApplyAdvanced",
+              "inputs": {"positive": ["3", 0], "negative": ["4", 0], "control_net": ["1", 3], "image": ["5", 0],
+                         "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},
+        "7": {"class_type": "KSampler",
+              "inputs": {"model": ["1", 0], "positive": ["6", 0], "negative": ["6", 1], "latent_image": ["2", 0],
+                         "seed": 0, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal",
+                         "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
+    }
+    with one_thread():
+        out = comfy_host.run(prompt, outputs=["8"])["outputs"]["8"][0]
+    assert out.shape == (2, 64, 64, 3) and torch.isfinite(out).all()
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0 and float(out.std()) > 0.01
+
+
+def _restore(demo, frames, task, denoise=0.3, steps=10):
+    """The demo_restore graph in Python: VAEEncode -> task prompt + ControlNet -> SW-CFA -> DDIM invert/restore."""
+    import comfy_extras  # noqa: F401
+    import nodes as comfy_nodes
+    from temporal_restore.nodes import ddim_invert, sw_cfa
+    from temporal_restore.pipelines import train_tasks as tt
+
+    clip, vae = demo["clip"], demo["vae"]
+    enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
+    pos, neg = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
+        enc(tt.TASK_PROMPTS[task]), enc(""), demo["control"], frames, 1.0, 0.0, 1.0)
+    model = sw_cfa.install_sw_cfa(demo["model"], "sw_cfa", 3)
+    latent = {"samples": vae.encode(frames)}
+    inv = ddim_invert.invert(model, pos, neg, latent, steps, 1.0, denoise)
+    out = ddim_invert.restore(model, pos, neg, inv, steps, 1.0)
+    return vae.decode(out["samples"]).reshape(frames.shape).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    from temporal_restore.pipelines import train_tasks as tt
+
+    clean = tt.heldout_clip("astronaut", frames=4, size=64)
+    return {"clean": clean,
+            "denoise": tt.degraded_input(clean, "denoise", seed=7),
+            "sr_x4": tt.degraded_input(clean, "sr_x4", seed=7)}
+
+
+@pytest.fixture(scope="module")
+def figures(demo, heldout):
+    from temporal_restore.pipelines import metrics
+
+    clean = heldout["clean"]
+    res = {}
+    for task in ("denoise", "sr_x4"):
+        with one_thread():
+            restored = _restore(demo, heldout[task], task)
+        res[task] = {"input": metrics.psnr(heldout[task], clean), "restored": metrics.psnr(restored, clean)}
+    return res
+
+
+def test_denoise_improves_heldout_clip(figures):
+    f = figures["denoise"]
+    assert f["restored"] > f["input"] + 0.5, f
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9 target not reached yet: the demo VAE (TAESD-shaped, a few CPU "
+                                       "minutes of training) caps PSNR at ~21.5 dB on this clip; see models/demo/README.md")
+def test_issue_target_denoise_gain_4db(figures):
+    f = figures["denoise"]
+    assert f["restored"] >= f["input"] + 4.0, f
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9 target not reached yet: x4 SR through the demo VAE stays below "
+                                       "bicubic (VAE ceiling); see models/demo/README.md")
+def test_issue_target_sr_beats_bicubic(figures):
+    f = figures["sr_x4"]
+    assert f["restored"] > f["input"], f
+
+
+def test_print_figures(figures, capsys):
+    with capsys.disabled():
+        print("\ndemo figures (PSNR dB, held-out astronaut clip 4x64x64):", figures)
+    assert figures["denoise"]["input"] < 22.0  # the clip really is degraded (sigma 25)
