@@ -14,6 +14,9 @@ Two modes:
   gradually; the results are then fused with the Eq. 4 weights. Patches may also keep per-window
   state (e.g. attention K/V of boundary frames) in ``transformer_options["temporal_restore"]
   ["ilt_state"]`` (a dict that persists across the windows of one run; ``"window"`` is the index).
+* ``boundary_kv > 0`` (fused mode): self-attention keys/values of the previous window's last
+  exclusive frames are appended to every frame of the next window (:class:`BoundaryKV`), so a window
+  sees its neighbour's content at the seam, not only through the blended overlap.
 
 Both modes use the rescheduled noise (same noise frames reused and reordered across overlaps) unless
 ``noise`` is ``independent`` (ComfyUI's ``prepare_noise`` over the whole clip). Any stock SAMPLER and
@@ -26,6 +29,7 @@ whole-clip conditioning only (not re-resolved per window).
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 
 import torch
 
@@ -99,6 +103,111 @@ class _Progress:
         self.bar.update_absolute(min(self.done, self.total), self.total)
 
 
+class BoundaryKV:
+    """attn1_patch carrying the self-attention keys/values of boundary frames into the next window.
+
+    Fused mode evaluates the windows one after the other at the same sigma; window ``i`` publishes the
+    attention input (pre-projection hidden states, i.e. what becomes K/V) of its frames just before
+    window ``i + 1`` starts, and window ``i + 1`` appends them to the keys/values of all its frames,
+    per block and per cond/uncond chunk (never mixed). Only the current sigma is kept. Per-window
+    instructions come from ``transformer_options["temporal_restore"]["ilt_kv"]``
+    (``{"store", "publish", "read"}``); without them the patch does nothing.
+    Replacement attention patches placed after this one see keys/values with more tokens than queries.
+    """
+
+    _temporal_restore = "ilt_kv"
+
+    def __call__(self, n, context, value, extra_options):
+        from ._patching import chunk_layout, frame_index, tr_options
+
+        spec = tr_options(extra_options).get("ilt_kv")
+        if not spec or (not spec["publish"] and not spec["read"]):
+            return n, context, value
+        n_chunks, frames = chunk_layout(extra_options, n.shape[0])
+        fidx = frame_index(extra_options, frames)
+        kinds = list(extra_options.get("cond_or_uncond") or [0])
+        sig = extra_options.get("sigmas")
+        sig = round(float(sig.flatten()[0]), 5) if torch.is_tensor(sig) else None
+        store = spec["store"]
+        if store.sigma != sig:
+            store.data.clear()
+            store.sigma = sig
+        block = (tuple(extra_options.get("block") or ()), extra_options.get("block_index", 0))
+        ctx = n if context is None else context
+        val = ctx if value is None else value
+        pos = {f: j for j, f in enumerate(fidx)}
+        for f in spec["publish"]:
+            if f in pos:
+                for c in range(n_chunks):
+                    i = c * frames + pos[f]
+                    store.data[(block, kinds[c], f)] = (ctx[i].detach().clone(), val[i].detach().clone())
+        if not spec["read"]:
+            return n, context, value
+        new_ctx, new_val = [], []
+        for c in range(n_chunks):
+            got = [store.data.get((block, kinds[c], f)) for f in spec["read"]]
+            got = [g for g in got if g is not None and g[0].shape[-1] == ctx.shape[-1]]
+            sl = slice(c * frames, (c + 1) * frames)
+            if not got:
+                new_ctx.append(ctx[sl])
+                new_val.append(val[sl])
+                continue
+            ek = torch.cat([g[0] for g in got], 0).to(ctx)[None].expand(frames, -1, -1)
+            ev = torch.cat([g[1] for g in got], 0).to(val)[None].expand(frames, -1, -1)
+            new_ctx.append(torch.cat([ctx[sl], ek], 1))
+            new_val.append(torch.cat([val[sl], ev], 1))
+        if len({t.shape[1] for t in new_ctx}) != 1:  # a chunk missed its boundary: keep all as they were
+            return n, context, value
+        return n, torch.cat(new_ctx, 0), torch.cat(new_val, 0)
+
+
+class RunState(MutableMapping):
+    """Per-run state shared by all windows (a mapping, deliberately not a ``dict``: ComfyUI copies
+    every nested dict of ``transformer_options`` before each model call, which would cut the link)."""
+
+    def __init__(self):
+        self._d: dict = {}
+
+    def __getitem__(self, k):
+        return self._d[k]
+
+    def __setitem__(self, k, v):
+        self._d[k] = v
+
+    def __delitem__(self, k):
+        del self._d[k]
+
+    def __iter__(self):
+        return iter(self._d)
+
+    def __len__(self):
+        return len(self._d)
+
+
+class _Store:
+    """Boundary K/V of the current sigma (an object, not a dict, for the same reason)."""
+
+    def __init__(self):
+        self.sigma = None
+        self.data: dict = {}
+
+
+def _kv_specs(plan, frames_kv: int, store):
+    """Per window: absolute frames to publish for the next window and to read from the previous one."""
+    specs = []
+    for i, w in enumerate(plan.windows):
+        read, publish = [], []
+        if i > 0:
+            m = min(frames_kv, w.start - plan.windows[i - 1].start)
+            read = list(range(w.start - m, w.start))
+        if i + 1 < len(plan):
+            nxt = plan.windows[i + 1].start
+            m = min(frames_kv, nxt - w.start)
+            publish = list(range(nxt - m, nxt))
+        specs.append({"store": store, "publish": publish, "read": read})
+    return specs
+
+
 def _make_guider_class():
     import comfy.model_management
     import comfy.model_patcher
@@ -116,7 +225,8 @@ def _make_guider_class():
             self.parts = parts
             self.progress = progress
             self.carry = carry
-            self.state = {} if state is None else state
+            self.state = RunState() if state is None else state
+            self.kv_specs = None
             # ComfyUI sizes the model load (and lowvram offloading) for the whole latent batch; a model
             # call here never holds more than one window, so estimate the memory for one window.
             win = max(sl.stop - sl.start for sl, _, _, _ in parts)
@@ -153,13 +263,17 @@ def _make_guider_class():
         def predict_noise(self, x, timestep, model_options={}, seed=None):
             out = torch.zeros_like(x)
             per_item = torch.is_tensor(timestep) and timestep.dim() > 0 and timestep.shape[0] == x.shape[0]
-            for (sl, fidx, weight, _), wc in zip(self.parts, self.window_conds):
+            for k, ((sl, fidx, weight, _), wc) in enumerate(zip(self.parts, self.window_conds)):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 mo = dict(model_options)
                 to = dict(mo.get("transformer_options", {}))
                 ns = dict(to.get(NAMESPACE, {}))
                 ns["frame_index"] = list(fidx)
                 ns[KEY] = self.state
+                if self.kv_specs is not None:
+                    ns["ilt_kv"] = self.kv_specs[k]
+                else:
+                    ns.pop("ilt_kv", None)
                 to[NAMESPACE] = ns
                 mo["transformer_options"] = to
                 ts = timestep[sl] if per_item else timestep
@@ -190,7 +304,8 @@ def _make_guider_class():
 
 def chunked_sample(model, positive, negative, latent: dict, seed: int, cfg: float, sampler, sigmas,
                    window: int = 8, overlap: int = 4, mode: str = "fused", noise_mode: str = "rescheduled",
-                   carry_state: bool = True, blend_mode: str = "ilt", progress: bool = True) -> dict:
+                   carry_state: bool = True, blend_mode: str = "ilt", progress: bool = True,
+                   boundary_kv: int = 0) -> dict:
     """Sample ``latent`` (``{"samples": [T,C,h,w], ...}``) in overlapping windows. Returns a LATENT."""
     import comfy.model_management
     import comfy.sample
@@ -218,7 +333,7 @@ def chunked_sample(model, positive, negative, latent: dict, seed: int, cfg: floa
     pbar = _Progress(len(plan) * steps) if progress else None
     disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
     Guider = _make_guider_class()
-    state: dict = {}
+    state = RunState()
 
     def parts_for(indices, local):
         parts = []
@@ -233,11 +348,19 @@ def chunked_sample(model, positive, negative, latent: dict, seed: int, cfg: floa
             parts.append((sl, w.frames, weight, raw))
         return parts
 
+    if int(boundary_kv) < 0:
+        raise ValueError(f"boundary_kv: expected 0 or more frames, got {boundary_kv}")
     if mode == "fused":
+        kv_specs = None
+        if boundary_kv and len(plan) > 1:
+            model = model.clone()
+            model.set_model_attn1_patch(BoundaryKV())
+            kv_specs = _kv_specs(plan, int(boundary_kv), _Store())
         guider = Guider(model)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         guider.set_windows(parts_for(range(len(plan)), local=False), pbar, None, state)
+        guider.kv_specs = kv_specs
         state["window"] = None
         out = guider.sample(noise, latent_image, sampler, sigmas, denoise_mask=noise_mask, callback=None,
                             disable_pbar=disable_pbar, seed=seed)
@@ -336,6 +459,9 @@ class ILTChunker(io.ComfyNode):
                 io.Boolean.Input("carry_state", default=True,
                                  tooltip="sequential mode: blend the previous window's per-step predictions into "
                                          "the overlap frames (seamless boundaries)."),
+                io.Int.Input("boundary_kv", default=0, min=0, max=16, optional=True,
+                             tooltip="fused mode: frames of the previous window whose self-attention keys/values "
+                                     "are appended to every frame of the next window (0 = off)."),
                 io.Sampler.Input("sampler", optional=True, tooltip="Optional SAMPLER (overrides sampler_name)."),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Optional SIGMAS (overrides scheduler/steps/denoise)."),
             ],
@@ -344,12 +470,14 @@ class ILTChunker(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, cfg, sampler_name, scheduler, steps, denoise,
-                window, overlap, mode, noise, carry_state, sampler=None, sigmas=None) -> io.NodeOutput:
+                window, overlap, mode, noise, carry_state, boundary_kv=0, sampler=None,
+                sigmas=None) -> io.NodeOutput:
         sampler, sigmas = resolve_sampler(model, sampler, sigmas, sampler_name, scheduler, steps, denoise)
         if sigmas.shape[-1] <= 1:
             return io.NodeOutput(latent)
         out = chunked_sample(model, positive, negative, latent, seed, cfg, sampler, sigmas, window=window,
-                             overlap=overlap, mode=mode, noise_mode=noise, carry_state=carry_state)
+                             overlap=overlap, mode=mode, noise_mode=noise, carry_state=carry_state,
+                             boundary_kv=boundary_kv)
         return io.NodeOutput(out)
 
 

@@ -308,3 +308,44 @@ def test_rescheduled_noise_node_feeds_sampler_custom_advanced(comfy_host, tiny):
     with pytest.raises(Exception, match="overlap"):
         prompt["5"]["inputs"]["overlap"] = 4
         comfy_host.run(prompt, outputs=["9"])
+
+
+def test_boundary_kv_reaches_only_later_windows(comfy_host, tiny, inference):
+    from temporal_restore.nodes import ilt as ilt_node
+    import comfy.samplers
+
+    model, vae, pos, neg, _ = _objects(comfy_host, tiny)
+    _, latent = _clip(vae, 12, static=False, seed=2)
+    run = lambda kv: ilt_node.chunked_sample(model, pos, neg, {"samples": latent}, 0, 2.0,  # noqa: E731
+                                             comfy.samplers.sampler_object("euler"), _sigmas(model, 2), window=8,
+                                             overlap=4, mode="fused", boundary_kv=kv)["samples"]
+    base, kv = run(0), run(2)
+    # frames 0-3 belong to window 0 only, which reads no boundary: unchanged; window 1's own frames change
+    assert torch.allclose(kv[:4], base[:4], atol=1e-6)
+    assert (kv[8:] - base[8:]).abs().max() > 1e-4
+    assert not model.model_options.get("transformer_options", {}).get("patches", {}).get("attn1_patch")
+
+
+def test_ilt_state_persists_across_windows(comfy_host, tiny, inference):
+    """Patches can keep state between windows: the same object reaches every model call of a run."""
+    from temporal_restore.nodes import ilt as ilt_node
+    from temporal_restore.nodes._patching import tr_options
+    import comfy.samplers
+
+    model, vae, pos, neg, _ = _objects(comfy_host, tiny)
+    seen = []
+
+    def spy(q, k, v, extra_options):
+        st = tr_options(extra_options)["ilt_state"]
+        st["calls"] = st.get("calls", 0) + 1
+        seen.append(id(st))
+        return q, k, v
+
+    m = model.clone()
+    m.set_model_attn1_patch(spy)
+    _, latent = _clip(vae, 10, static=False)
+    for mode in ("fused", "sequential"):
+        seen.clear()
+        ilt_node.chunked_sample(m, pos, neg, {"samples": latent}, 0, 2.0, comfy.samplers.sampler_object("euler"),
+                                _sigmas(model, 2), window=6, overlap=2, mode=mode)
+        assert len(set(seen)) == 1 and len(seen) > 1
