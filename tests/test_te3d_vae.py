@@ -139,3 +139,29 @@ def test_node_equals_vaedecode_and_modes(comfy_host, tiny):
         comfy_host.run(prompt, outputs=["4"])
     schema = comfy_host.node("TR_TE3DVAEDecode").define_schema()
     assert all(i.tooltip for i in schema.inputs)
+
+
+def test_node_loads_temporal_weights(comfy_host, tiny, taesd_decoder, tmp_path):
+    import safetensors.torch
+
+    _, dec = taesd_decoder
+    te = te3d_vae.TE3DDecoder(dec)
+    with torch.no_grad():
+        for p in te.temporal_parameters():
+            p.normal_(0, 0.05)
+    path = str(tmp_path / "temporal.safetensors")
+    safetensors.torch.save_file({k: v.contiguous() for k, v in te3d_vae.temporal_state_dict(te).items()}, path)
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 4}},
+        "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": "TR_TE3DVAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 2], "mode": "te3d",
+                                                           "chunk": 4, "overlap": 1, "kv_radius": 1,
+                                                           "temporal_weights": path}},
+    }
+    out = comfy_host.run(prompt, outputs=["3", "4"])["outputs"]
+    assert out["4"][0].shape == out["3"][0].shape
+    assert (out["4"][0] - out["3"][0]).abs().max() > 1e-4
+    prompt["4"]["inputs"]["temporal_weights"] = str(tmp_path / "missing.safetensors")
+    with pytest.raises(Exception, match="temporal_weights"):
+        comfy_host.run(prompt, outputs=["4"])
