@@ -10,6 +10,8 @@ samples/sample_clip.mp4, or a synthetic pan if it is missing), same conditioning
   = the frames (ControlNetApplyAdvanced), no SW-CFA (it would only make TDM slower).
 * **fast, group G**: the same with ``group=G`` (G frames per sampler call, aligned to the previous
   group's last frame).
+* **fast + NoiseShare**: the per-frame fast pipeline with TR_NoiseShare noise (shared, flow-blended
+  initial noise; its flow estimation is counted) and TR_NoiseShareSampler around TR_DistilledSampler.
 * **per-frame 4-step**: the fast pipeline with strength 0 (plain per-frame sampling, no alignment).
 
 Prints: end-to-end time ratio fast / TDM (target <= 1/8) and the warping error (E_warp, flow measured on
@@ -135,12 +137,19 @@ def main():
     sampler = nd.DistilledSampler.execute(a.eta, 1.0, True).args[0]
     sigmas = nd.distilled_sigmas(model, "trailing", 4, a.denoise, 50)
 
-    def fast(strength, group=1):
+    from temporal_restore.nodes import noise_share as nns
+    from temporal_restore.pipelines import noise_share as nsh
+
+    def fast(strength, group=1, shared=False):
         def go():
+            smp, noise = sampler, None
+            if shared:  # TR_NoiseShare (flow-blended initial noise) + TR_NoiseShareSampler (step noise)
+                share = nsh.NoiseShare(0, fl.estimate_flow(frames, out_size=tuple(latent.shape[-2:])))
+                smp, noise = nns.NoiseShareSampler(sampler, share), nns.SharedNoise(share)
             with torch.inference_mode():
-                return nr.recurrent_sample(model, pos, neg, sampler, sigmas, {"samples": latent}, frames, 0, a.cfg,
+                return nr.recurrent_sample(model, pos, neg, smp, sigmas, {"samples": latent}, frames, 0, a.cfg,
                                            strength, control_net=cn, vae=vae if a.hint == "aligned" else None,
-                                           group=group)[0]["samples"]
+                                           group=group, noise=noise)[0]["samples"]
         return go
 
     def tdm():
@@ -151,6 +160,7 @@ def main():
 
     G = a.group
     configs = {"fast (recurrent, 4-step)": fast(a.strength), f"fast, group {G}": fast(a.strength, G),
+               "fast + NoiseShare": fast(a.strength, shared=True),
                "per-frame 4-step (s=0)": fast(0.0), "TDM default (10 inv + 32)": tdm}
     with torch.inference_mode():  # warm-up: load the models once (first-call costs)
         comfy_nodes.common_ksampler(model, 0, 1, 1.0, "euler", "simple", pos, neg, {"samples": latent[:1]}, denoise=0.5)

@@ -78,7 +78,10 @@ def recurrent_sample(model, positive, negative, sampler, sigmas, latent: dict, i
     idx = _frame_indices(latent, model, T)
     full_noise = None
     if noise is not None:
-        full_noise = noise.generate_noise({"samples": samples})
+        request = {"samples": samples}
+        if latent.get("batch_index") is not None:
+            request["batch_index"] = latent["batch_index"]
+        full_noise = noise.generate_noise(request)
         if full_noise.shape != samples.shape:
             raise ValueError(f"noise: expected noise shaped like the latent {tuple(samples.shape)}, "
                              f"got {tuple(full_noise.shape)}")

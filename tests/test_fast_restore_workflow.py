@@ -80,6 +80,9 @@ def test_workflow_shape():
     rr = next(n for n in prompt.values() if n["class_type"] == "TR_RecurrentRestore")["inputs"]
     sig = next(n for n in prompt.values() if n["class_type"] == "TR_DistilledSigmas")["inputs"]
     assert rr["strength"] > 0 and sig["steps"] == 4 and sig["denoise"] < 1
+    share = next(k for k, n in prompt.items() if n["class_type"] == "TR_NoiseShare")
+    wrap = next(k for k, n in prompt.items() if n["class_type"] == "TR_NoiseShareSampler")
+    assert rr["noise"] == [share, 0] and rr["sampler"] == [wrap, 0]
     assert _by_title(prompt, "Checkpoint")["inputs"]["ckpt_name"] == "tiny_sd15.safetensors"
     assert _by_title(prompt, "ControlNet")["inputs"]["control_net_name"] == "tiny_controlnet.safetensors"
     _by_title(prompt, "Input video")

@@ -346,3 +346,21 @@ def test_node_bad_inputs_and_interrupt(comfy_host, tiny):
             NR.recurrent_sample(*args, {"samples": lat}, frames, 0, 1.0, 0.5)
     finally:
         comfy.model_management.interrupt_current_processing(False)
+
+
+@torch.inference_mode()
+def test_node_uses_a_noise_input(comfy_host, tiny):
+    """A NOISE (TR_NoiseShare: one shared field) replaces the per-frame seeds: identical frames then give
+    identical results, while the default per-frame seeds make them differ."""
+    from temporal_restore.nodes import noise_share as nns
+    from temporal_restore.nodes import recurrent_restore as NR
+    from temporal_restore.pipelines import noise_share as nsh
+
+    p = _host_parts(comfy_host, tiny)
+    frames = _texture(64, 64).expand(2, -1, -1, -1).contiguous()
+    lat = _latent_of(frames)
+    args = (p["model"], p["pos"], p["neg"], p["sampler"], p["sigmas"], {"samples": lat}, frames, 0, 2.0, 0.0)
+    shared = NR.recurrent_sample(*args, noise=nns.SharedNoise(nsh.NoiseShare(4)))[0]["samples"]
+    own = NR.recurrent_sample(*args)[0]["samples"]
+    torch.testing.assert_close(shared[0], shared[1])
+    assert (own[0] - own[1]).abs().max() > 1e-3
