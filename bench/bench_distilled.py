@@ -79,7 +79,7 @@ def main():
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--cfg", type=float, default=1.0, help="guidance for every pipeline (TDM default is 1.0)")
-    ap.add_argument("--strength", type=float, default=0.5)
+    ap.add_argument("--strength", type=float, default=0.8, help="alignment strength (workflow value 0.8)")
     ap.add_argument("--model", choices=["tiny", "demo"], default="tiny",
                     help="tiny: random tiny SD1.5 (tests/tiny_models.py); demo: the pack's trained demo restorer "
                          "(models/demo/, if present) on a degraded clip, so E_warp / PSNR are meaningful")
@@ -161,6 +161,7 @@ def main():
     G = a.group
     configs = {"fast (recurrent, 4-step)": fast(a.strength), f"fast, group {G}": fast(a.strength, G),
                "fast + NoiseShare": fast(a.strength, shared=True),
+               f"fast, group {G} + NoiseShare": fast(a.strength, G, shared=True),
                "per-frame 4-step (s=0)": fast(0.0), "TDM default (10 inv + 32)": tdm}
     with torch.inference_mode():  # warm-up: load the models once (first-call costs)
         comfy_nodes.common_ksampler(model, 0, 1, 1.0, "euler", "simple", pos, neg, {"samples": latent[:1]}, denoise=0.5)
