@@ -38,6 +38,8 @@ FB_ALPHA1 = 0.01
 FB_ALPHA2 = 0.5
 
 DIS_PRESETS = ("ultrafast", "fast", "medium")
+#: OpenCV DIS rejects frames below about 12 px a side; smaller frames are edge-padded to this size.
+DIS_MIN_SIZE = 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,7 +423,12 @@ def estimate_pair(a, b, preset: str = "medium", _dis_obj=None) -> Tensor:
     if ga.shape != gb.shape:
         raise ValueError(f"estimate_pair: frames a {ga.shape} and b {gb.shape} must have the same size")
     dis = _dis_obj if _dis_obj is not None else _dis(preset)
-    flow = dis.calc(ga, gb, None)
+    h, w = ga.shape
+    ph, pw = max(0, DIS_MIN_SIZE - h), max(0, DIS_MIN_SIZE - w)
+    if ph or pw:  # DIS rejects tiny frames: pad by edge replication, crop the result back
+        ga = np.pad(ga, ((0, ph), (0, pw)), mode="edge")
+        gb = np.pad(gb, ((0, ph), (0, pw)), mode="edge")
+    flow = dis.calc(ga, gb, None)[:h, :w]
     return torch.from_numpy(np.ascontiguousarray(flow)).permute(2, 0, 1).float()
 
 

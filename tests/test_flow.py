@@ -266,3 +266,13 @@ def test_dis_on_noisy_degraded_frames_stays_usable():
     zero = fl.end_point_error(torch.zeros_like(clip.flow), clip.flow, valid)
     print(f"DIS medium, noise sigma 25: EPE {epe:.3f} px (zero flow {zero:.3f})")
     assert epe < 0.5 * zero and epe < 1.0
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (4, 9), (8, 8), (11, 30)])
+def test_dis_on_frames_below_its_minimum_size(h, w):
+    frames = torch.rand(2, h, w, 3, generator=torch.Generator().manual_seed(h * 31 + w))
+    ff = fl.estimate_flow(frames)
+    assert ff.forward.shape == (1, 2, h, w) and torch.isfinite(ff.forward).all()
+    # a constant frame pair has no motion
+    still = fl.estimate_flow(torch.full((2, h, w, 3), 0.5))
+    assert still.forward.abs().max() < 1e-3
