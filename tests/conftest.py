@@ -7,6 +7,12 @@ import sys
 
 import pytest
 
+# One math thread per process: the suite runs an in-process ComfyUI and a server side by side on a
+# 2-core machine, and oversubscribed OpenMP threads spin-wait (a tiny-UNet step went from 0.3 s to 5 s).
+# The server subprocesses inherit this. Override with TR_TEST_THREADS.
+os.environ["OMP_NUM_THREADS"] = os.environ.get("TR_TEST_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
 PACK = "temporal_restore"
