@@ -163,6 +163,10 @@ def test_task_prompt_node_outputs(comfy_host, tiny):
     assert pos[0][1]["control"].strength == pytest.approx(0.8)
     assert pos[0][1]["control"].cond_hint_original.shape == (3, 3, 64, 64)
     assert cn is not pos[0][1]["control"]
+    dup = pos[0][1]["control"].copy()  # copies stay frame-aligned with the full hint
+    # (ComfyUI loaded the pack under its own module name: compare by class name)
+    assert type(dup).__name__ == "TRFrameAlignedControlNet"
+    assert dup._tr_full_hint is pos[0][1]["control"]._tr_full_hint
     _, tp, _ = _mods()
     assert tp.task_prompt("dehaze", "") == "remove the haze"
     assert tp.task_prompt("custom", " remove the snow ") == "remove the snow"
