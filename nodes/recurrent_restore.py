@@ -60,7 +60,7 @@ def recurrent_sample(model, positive, negative, sampler, sigmas, latent: dict, i
                      cfg: float, strength: float, flow=None, tau: float = recurrent_align.DEFAULT_TAU,
                      blur: float = recurrent_align.DEFAULT_BLUR, control_net=None, vae=None,
                      control_strength: float = 1.0, noise=None, group: int = 1):
-    """Returns ``(LATENT, confidence [T,H,W])``."""
+    """Returns ``(LATENT, confidence [T,h,w])`` (the alignment confidence on the latent grid)."""
     import comfy.model_management
     import comfy.sample
     import comfy.utils
@@ -119,7 +119,7 @@ def recurrent_sample(model, positive, negative, sampler, sigmas, latent: dict, i
 
     out, conf = recurrent_align.recurrent_restore(samples, images, restore, strength, flow=flow, frame_index=idx,
                                                   tau=tau, blur=blur, decode=decode, on_frame=on_frame,
-                                                  group=group)
+                                                  group=group, confidence_grid="latent")
     result = latent.copy()
     result.pop("downscale_ratio_spacial", None)
     result.pop("noise_mask", None)
@@ -176,7 +176,8 @@ class RecurrentRestore(io.ComfyNode):
                                "whole clip; replaces the per-frame seeded noise."),
             ],
             outputs=[io.Latent.Output(display_name="latent"),
-                     io.Mask.Output(display_name="confidence")],
+                     io.Mask.Output(display_name="confidence", tooltip="Alignment confidence m*s per frame on the "
+                                    "latent grid (0 = not aligned); upscale it to view it over the frames.")],
         )
 
     @classmethod

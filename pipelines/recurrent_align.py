@@ -168,7 +168,8 @@ def recurrent_restore(latents: Tensor, images: Tensor, restore: Callable[[list, 
                       strength: float, flow: Optional[FlowField] = None, frame_index: Optional[Sequence[int]] = None,
                       tau: float = DEFAULT_TAU, blur: float = DEFAULT_BLUR,
                       decode: Optional[Callable[[Tensor], Tensor]] = None,
-                      on_frame: Optional[Callable[[int], None]] = None, group: int = 1) -> tuple[Tensor, Tensor]:
+                      on_frame: Optional[Callable[[int], None]] = None, group: int = 1,
+                      confidence_grid: str = "image") -> tuple[Tensor, Tensor]:
     """Restore ``latents [T,C,h,w]`` in order, each frame conditioned on the aligned previous result.
 
     Frames go in groups of ``group`` (default 1: strictly frame by frame). Every frame ``t`` of a group
@@ -182,9 +183,13 @@ def recurrent_restore(latents: Tensor, images: Tensor, restore: Callable[[list, 
     built (``m s warp(decode(z_a)) + (1 - m s) y_t``), else ``hint`` is None.
     frame_index: absolute indices of the frames (a window of a longer clip) used to read ``flow``.
     on_frame(t) is called after each frame (progress / interruption).
-    Returns ``(restored [T,C,h,w], confidence [T,1,H,W])`` (confidence 0 for frame 0 and when s = 0).
+    confidence_grid: ``"image"`` returns the confidence on the frame grid ``[T,1,H,W]``, ``"latent"``
+    area-averaged to ``[T,1,h,w]`` (64x less memory on long clips).
+    Returns ``(restored [T,C,h,w], confidence)`` (confidence 0 for frame 0 and when s = 0).
     """
     s = check_strength(strength)
+    if confidence_grid not in ("image", "latent"):
+        raise ValueError(f"confidence_grid: expected 'image' or 'latent', got {confidence_grid!r}")
     if latents.ndim != 4:
         raise ValueError(f"latent: expected [T,C,h,w], got {tuple(latents.shape)}")
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -199,7 +204,7 @@ def recurrent_restore(latents: Tensor, images: Tensor, restore: Callable[[list, 
     H, W = images.shape[1:3]
     pairs = PairFlows(images, flow, frame_index) if s > 0 and T > 1 else None
     out = torch.empty_like(latents)
-    conf = torch.zeros(T, 1, H, W)
+    conf = torch.zeros(T, 1, H, W) if confidence_grid == "image" else torch.zeros(T, 1, h, w)
     anchor_img = None
     for g0 in range(0, T, group):
         ts = list(range(g0, min(T, g0 + group)))
@@ -211,7 +216,7 @@ def recurrent_restore(latents: Tensor, images: Tensor, restore: Callable[[list, 
             for j, t in enumerate(ts):
                 f, occ = pairs(t, a)
                 m = alignment_confidence(_chw(images[a]), _chw(images[t]), f, occlusion_bwd=occ, tau=tau, blur=blur)
-                conf[t] = m[0]
+                conf[t] = m[0] if confidence_grid == "image" else F.interpolate(m.float(), size=(h, w), mode="area")[0]
                 aligned = warp(out[a:a + 1].float(), resize_flow(f, h, w)).to(latents.dtype)
                 x_init[j:j + 1] = blend(latents[t:t + 1], aligned, m, s)
                 if decode is not None:

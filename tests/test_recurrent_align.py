@@ -220,6 +220,19 @@ def test_group_alignment_chains_flow_to_the_anchor():
         torch.testing.assert_close(out[t][:, :, 12:40], frames[t].permute(2, 0, 1)[:, :, 12:40], atol=1e-4, rtol=0)
 
 
+def test_confidence_on_the_latent_grid_is_the_area_mean():
+    frames, bwd, fwd, _ = _moving_square(h=48, w=64)
+    flow = _field([bwd], [fwd])
+    lat = torch.randn(2, 4, 6, 8)
+    _, img = RA.recurrent_restore(lat, frames, lambda ts, x, h: x, 0.7, flow=flow)
+    _, small = RA.recurrent_restore(lat, frames, lambda ts, x, h: x, 0.7, flow=flow, confidence_grid="latent")
+    assert small.shape == (2, 1, 6, 8)
+    torch.testing.assert_close(small, torch.nn.functional.avg_pool2d(img, 8))
+    assert small[1].min() < 0.5 < small[1].max()
+    with pytest.raises(ValueError, match="confidence_grid"):
+        RA.recurrent_restore(lat, frames, lambda ts, x, h: x, 0.7, flow=flow, confidence_grid="pixels")
+
+
 @pytest.mark.parametrize("kw,name", [(dict(strength=-0.1), "strength"), (dict(images=torch.zeros(2, 8, 8, 3)), "images"),
                                      (dict(latents=torch.zeros(3, 4, 4)), "latent")])
 def test_bad_inputs_raise(kw, name):
@@ -296,14 +309,14 @@ def test_node_strength_zero_equals_plain_per_frame_sampling(comfy_host, tiny):
     ref = _plain_per_frame(p, lat, [12, 13])
     assert out[0]["samples"].shape == lat.shape and torch.isfinite(ref).all()
     torch.testing.assert_close(out[0]["samples"], ref, rtol=1e-5, atol=1e-5)
-    assert out[1].shape == (2, 64, 64) and out[1].abs().sum() == 0
+    assert out[1].shape == (2, 8, 8) and out[1].abs().sum() == 0  # latent grid
 
     # enabled: frame 0 is untouched, frame 1 changes; the confidence is high on this global pan
     on, conf = NR.recurrent_sample(p["model"], p["pos"], p["neg"], p["sampler"], p["sigmas"],
                                    {"samples": lat, "batch_index": [5, 6]}, frames, 7, 2.0, 0.9)
     torch.testing.assert_close(on["samples"][0], ref[0], rtol=1e-5, atol=1e-5)
     assert (on["samples"][1] - ref[1]).abs().max() > 1e-3
-    assert conf[1, 8:-8, 8:-8].mean() > 0.8
+    assert conf[1, 1:-1, 1:-1].mean() > 0.8
 
     # a group of 2 frames in one batch: same per-frame noise, same result up to batched-conv rounding
     grp = NR.recurrent_sample(p["model"], p["pos"], p["neg"], p["sampler"], p["sigmas"],
