@@ -87,7 +87,8 @@ def child(a) -> None:
     with torch.inference_mode():
         res = ilt_node.chunked_sample(model, pos, neg, {"samples": latent}, 0, 3.0, sampler, sigmas,
                                       window=a.window, overlap=a.overlap, mode=a.mode, noise_mode=a.noise,
-                                      carry_state=a.carry, blend_mode=a.blend, progress=False)["samples"]
+                                      carry_state=a.carry, blend_mode=a.blend, progress=False,
+                                      boundary_kv=a.boundary_kv)["samples"]
         img = te3d_vae.decode_chunked(decoder, res, chunk=8, overlap=2).clamp(0, 1)
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -100,10 +101,10 @@ def child(a) -> None:
 
 
 def run_child(frames, steps, mode="fused", noise="rescheduled", carry=True, blend="ilt", window=8, overlap=4,
-              patch="none"):
+              patch="none", boundary_kv=0):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--frames", str(frames), "--steps", str(steps),
            "--mode", mode, "--noise", noise, "--blend", blend, "--window", str(window), "--overlap", str(overlap),
-           "--patch", patch]
+           "--patch", patch, "--boundary-kv", str(boundary_kv)]
     if carry:
         cmd.append("--carry")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -130,6 +131,7 @@ def main() -> None:
     ap.add_argument("--seam-frames", type=int, default=64)
     ap.add_argument("--patch", default="none", choices=["none", "sw_cfa"])
     ap.add_argument("--only-seam", action="store_true")
+    ap.add_argument("--boundary-kv", type=int, default=0)
     a = ap.parse_args()
     if a.child:
         return child(a)
@@ -162,11 +164,14 @@ def seams(a) -> None:
         without = run_child(n, a.steps, "sequential", noise="independent", carry=False, blend="cut", patch=patch)
         with_seq = run_child(n, a.steps, "sequential", noise="rescheduled", carry=True, blend="ilt", patch=patch)
         fused = run_child(n, a.steps, "fused", noise="rescheduled", carry=True, blend="ilt", patch=patch)
+        fused_kv = run_child(n, a.steps, "fused", noise="rescheduled", carry=True, blend="ilt", patch=patch,
+                             boundary_kv=2)
         what = "plain tiny SD1.5 (frames independent)" if patch == "none" else "with SW-CFA over the window (frames agree inside a window)"
         print(f"seam ratio, {what}; {n} frames, lowpass flicker at window seams / elsewhere (1 = invisible seams):")
         print(f"  without state carrying (independent noise, no carry, hard cut): {without['seam']:.3f}")
         print(f"  sequential with carrying (rescheduled noise, carried overlap, ILT): {with_seq['seam']:.3f}")
         print(f"  fused (all windows advanced together, ILT every step):           {fused['seam']:.3f}")
+        print(f"  fused + boundary K/V of 2 frames carried into the next window:   {fused_kv['seam']:.3f}")
 
 
 if __name__ == "__main__":
