@@ -120,7 +120,7 @@ def run_loop(stage: Stage, modules: dict, total: int, lr: float, deadline: float
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in stage.opt.param_groups for p in g["params"]], 1.0)
         stage.opt.step()
-        stage.log.append(float(loss))
+        stage.log.append(float(loss.detach()))
         stage.step += 1
         if stage.step % every == 0 or stage.step == total:
             rate = (time.time() - t0) / max(stage.step - start, 1)
