@@ -160,3 +160,10 @@ def test_print_figures(figures, capsys):
     with capsys.disabled():
         print("\ndemo figures (PSNR dB, held-out astronaut clip 4x64x64):", figures)
     assert figures["denoise"]["input"] < 22.0  # the clip really is degraded (sigma 25)
+
+
+def test_trainer_schedule_is_comfy_schedule(demo):
+    from temporal_restore.pipelines import train_tasks as tt
+
+    ms = demo["model"].model.model_sampling
+    assert torch.allclose(tt.sd_sigmas(), ms.sigmas.float().cpu(), rtol=1e-4)

@@ -1,0 +1,72 @@
+"""pipelines.train_tasks: training pairs for task-prompt ControlNet fine-tuning (pure torch/numpy)."""
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+import torch
+
+from temporal_restore.pipelines import train_tasks as tt
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _images():
+    g = torch.Generator().manual_seed(0)
+    return [torch.rand(1, 3, 80, 96, generator=g), torch.rand(1, 3, 70, 70, generator=g)]
+
+
+def test_crops_shape_range_and_seeded():
+    a = tt.random_crops(_images(), 6, 32, seed=3)
+    b = tt.random_crops(_images(), 6, 32, seed=3)
+    c = tt.random_crops(_images(), 6, 32, seed=4)
+    assert a.shape == (6, 32, 32, 3) and a.dtype == torch.float32
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_task_pairs_round_robin_and_sizes():
+    clean = tt.random_crops(_images(), 4, 32, seed=0)
+    deg, names = tt.task_pairs(clean, ["denoise", "sr_x4"], seed=1)
+    assert names == ["denoise", "sr_x4", "denoise", "sr_x4"]
+    assert deg.shape == clean.shape
+    assert (deg[0] - clean[0]).abs().mean() > 0.05  # sigma 25 noise
+    # sr_x4 input: bicubic-upsampled 8x8 -> smooth, close to the clean crop in the mean
+    assert abs(float(deg[1].mean() - clean[1].mean())) < 0.05
+    with pytest.raises(ValueError, match="tasks"):
+        tt.task_pairs(clean, ["nope"], seed=0)
+
+
+def test_sd_sigmas_match_sd15_schedule():
+    s = tt.sd_sigmas()
+    assert s.shape == (1000,) and bool((s[1:] > s[:-1]).all())
+    assert abs(float(s[0]) - 0.0292) < 1e-3 and abs(float(s[-1]) - 14.6146) < 1e-2
+
+
+def test_noisy_input_and_loss_weighting():
+    z = torch.zeros(2, 4, 2, 2)
+    n = torch.ones(2, 4, 2, 2)
+    s = torch.tensor([0.5, 3.0])
+    x = tt.noisy_input(z, s, n)
+    assert torch.allclose(x[1], torch.full_like(x[1], 3.0 / (10.0 ** 0.5)))
+    e = torch.zeros_like(n)
+    assert float(tt.eps_loss(e, n, s, "eps")) == pytest.approx(1.0)
+    assert float(tt.eps_loss(e, n, s, "x0")) == pytest.approx((0.25 + 4.0) / 2)  # sigma^2 capped at 4
+
+
+def test_prompts_agree_with_task_prompt_node():
+    """The training prompts are the TR_TaskPromptControlNet prompts (read from its source, no ComfyUI needed)."""
+    src = open(os.path.join(REPO, "nodes", "task_prompt.py")).read()
+    node = next(ast.literal_eval(n.value) for n in ast.walk(ast.parse(src))
+                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "TASK_PROMPTS")
+    for task in tt.DEMO_TASKS:
+        assert tt.TASK_PROMPTS[task] in node.values(), task
+
+
+def test_heldout_images_never_in_training():
+    assert not set(tt.HELDOUT_IMAGES) & set(tt.TRAIN_IMAGES)
+    clip = tt.heldout_clip("astronaut", frames=3, size=32)
+    assert clip.shape == (3, 32, 32, 3) and not torch.equal(clip[0], clip[1])
+    with pytest.raises(ValueError, match="name"):
+        tt.heldout_clip("coffee")
