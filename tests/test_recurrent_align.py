@@ -377,3 +377,32 @@ def test_node_uses_a_noise_input(comfy_host, tiny):
     own = NR.recurrent_sample(*args)[0]["samples"]
     torch.testing.assert_close(shared[0], shared[1])
     assert (own[0] - own[1]).abs().max() > 1e-3
+
+
+def test_node_through_the_executor_reports_progress_per_frame(comfy_host, tiny):
+    g = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a clean photo", "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "img": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 3, "color": 0x806040}},
+        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 3}},
+        "smp": {"class_type": "TR_DistilledSampler", "inputs": {"eta": 1.0, "s_noise": 1.0, "per_frame_noise": True}},
+        "sig": {"class_type": "TR_DistilledSigmas", "inputs": {"model": ["ckpt", 0], "schedule": "lcm", "steps": 1,
+                                                                "denoise": 0.5, "original_steps": 50}},
+        "rr": {"class_type": "TR_RecurrentRestore", "inputs": {
+            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "sampler": ["smp", 0],
+            "sigmas": ["sig", 0], "latent": ["lat", 0], "images": ["img", 0], "noise_seed": 1, "cfg": 1.0,
+            "strength": 0.5, "photometric_tau": 0.08, "blur": 1.0, "group": 1, "control_strength": 1.0}},
+    }
+    import comfy.utils
+
+    calls, old = [], comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, *a, **k: calls.append((value, total)))
+    try:  # the in-process harness installs no progress hook (the server does): watch ProgressBar directly
+        out = comfy_host.run(g, outputs=["rr"])
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+    lat, conf = out["outputs"]["rr"][0], out["outputs"]["rr"][1]
+    assert lat["samples"].shape == (3, 4, 8, 8) and torch.isfinite(lat["samples"]).all()
+    assert conf.shape == (3, 8, 8) and conf[0].abs().sum() == 0 and conf[1:].min() > 0.99  # static clip
+    assert [c for c in calls if c[1] == 3] == [(1, 3), (2, 3), (3, 3)]  # one update per frame
