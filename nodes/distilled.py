@@ -9,8 +9,11 @@ Noise for the re-noising steps, first match wins:
 2. a factory in ``transformer_options["temporal_restore"]["noise_sampler"]``:
    ``factory(x, seed, frame_index) -> noise_sampler(sigma, sigma_next)`` (how a NoiseShare-style
    model patch hands its correlated noise to this sampler);
-3. ``per_frame`` (default): one generator per absolute frame index (``frame_index`` published by the
-   chunker, else ``0..B-1``), so windows of a long clip draw the same noise per frame;
+3. ``per_frame`` (default): one generator per absolute frame index, read from
+   ``transformer_options["temporal_restore"]["frame_index"]`` of the sampling call's model options when
+   it has one entry per batch item (TR_RecurrentRestore sets it per frame), else ``0..B-1``. So frames
+   get the same step noise whichever window they are sampled in, as long as the caller publishes the
+   indices there (TR_ILTChunker currently sets them per model call only, not for the sampler);
 4. otherwise one generator for the batch seeded with the sampling seed.
 """
 from __future__ import annotations

@@ -287,3 +287,30 @@ def test_composes_with_noiseshare_through_sampler_custom_advanced(comfy_host, ti
     assert torch.isfinite(shared).all()
     torch.testing.assert_close(shared[0], shared[1], rtol=1e-4, atol=1e-4)  # batched conv rounding only
     assert (own[0] - own[1]).abs().max() > 1e-3
+
+
+def test_sampler_runs_inside_the_ilt_chunker(comfy_host, tiny):
+    """TR_DistilledSampler as the chunker's SAMPLER, both modes. The chunker publishes window frame indices per
+    model call only, so the sampler falls back to batch positions for its per-frame noise (see report)."""
+    import comfy.samplers
+
+    from temporal_restore.nodes import distilled as ND
+    from temporal_restore.nodes import ilt
+
+    out = comfy_host.run(_graph(tiny, _tr_sampler(), _tr_sigmas()), outputs=["ckpt", "pos", "neg"])["outputs"]
+    model, pos, neg = out["ckpt"][0], out["pos"][0], out["neg"][0]
+    sizes = []
+    inner = ND.make_sampler_function(1.0, 1.0, True)
+
+    def spy(model_k, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
+        sizes.append(x.shape[0])
+        return inner(model_k, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                     noise_sampler=noise_sampler)
+
+    sig = ND.distilled_sigmas(model, "trailing", 2, 0.5, 50)
+    lat = {"samples": torch.zeros(3, 4, 8, 8)}
+    for mode in ("sequential", "fused"):
+        res = ilt.chunked_sample(model, pos, neg, lat, 3, 1.0, comfy.samplers.KSAMPLER(spy), sig, window=2,
+                                 overlap=1, mode=mode, carry_state=False, progress=False)["samples"]
+        assert res.shape == (3, 4, 8, 8) and torch.isfinite(res).all()
+    assert sizes == [2, 2, 3]  # one run per window (sequential), one run over the clip (fused)
