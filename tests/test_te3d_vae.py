@@ -165,3 +165,27 @@ def test_node_loads_temporal_weights(comfy_host, tiny, taesd_decoder, tmp_path):
     prompt["4"]["inputs"]["temporal_weights"] = str(tmp_path / "missing.safetensors")
     with pytest.raises(Exception, match="temporal_weights"):
         comfy_host.run(prompt, outputs=["4"])
+
+
+def test_node_path_on_sd_style_vae(comfy_host):
+    """TR_TE3DVAEDecode's decode on a ComfyUI VAE of the SD (AutoencoderKL) family: te3d equals
+    VAE.decode; share_kv equals it on a static clip and differs on a moving one."""
+    import comfy.sd
+    from temporal_restore.nodes import te3d_vae as node
+
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
+                "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    vae = comfy.sd.VAE(sd={}, config={"params": {"embed_dim": 4, "ddconfig": ddconfig}})
+    te3d_vae.init_like_comfy(vae.first_stage_model, seed=5)
+    z = _z(5, hw=4, seed=1)
+    static = z[:1].expand(5, -1, -1, -1).contiguous()
+    with torch.inference_mode():
+        ref = vae.decode(z)
+        out = node.te3d_decode(vae, z, "te3d", chunk=3, overlap=1)
+        assert out.shape == ref.shape == (5, 8, 8, 3)
+        assert (out - ref).abs().max() <= 1e-5
+        ref_s = vae.decode(static)
+        kv_s = node.te3d_decode(vae, static, "share_kv", chunk=3, overlap=1, kv_radius=1)
+        kv = node.te3d_decode(vae, z, "share_kv", chunk=3, overlap=1, kv_radius=1)
+    assert (kv_s - ref_s).abs().max() <= 1e-5
+    assert (kv - ref).abs().max() > 1e-4
