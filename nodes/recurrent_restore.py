@@ -10,6 +10,9 @@ with denoise < 1) on that single frame with noise ``prepare_noise(seed + i_t)`` 
 of a NOISE input) and ``transformer_options["temporal_restore"]["frame_index"] = [i_t]``.
 With ``strength = 0`` every frame is sampled exactly like a plain per-frame run.
 
+Conditioning entries and ControlNet hints with one entry per frame (e.g. TR_TaskPromptControlNet) are
+sliced to the frames being sampled (``nodes/ilt.slice_conditioning``).
+
 Frame indices ``i_t``: the latent's ``batch_index`` when it has one per frame, else the model's
 ``frame_index`` option (set by a chunker) when it has one per frame, else ``0..T-1``.
 """
@@ -24,6 +27,7 @@ from comfy_api.latest import io
 from ..pipelines import recurrent_align
 from ._patching import clone_with_options, get_option
 from ._types import FLOW
+from .ilt import slice_conditioning
 
 log = logging.getLogger("temporal_restore")
 
@@ -93,12 +97,14 @@ def recurrent_sample(model, positive, negative, sampler, sigmas, latent: dict, i
         comfy.model_management.throw_exception_if_processing_interrupted()
         sl = slice(ts[0], ts[-1] + 1)
         m = clone_with_options(model, "frame_index", [idx[t] for t in ts])
-        pos, neg = positive, negative
+        # per-frame conditioning (e.g. frame-aligned ControlNet hints with one entry per frame) sliced to the group
+        memo_sl: dict = {}
+        pos, neg = slice_conditioning(positive, sl, T, memo_sl), slice_conditioning(negative, sl, T, memo_sl)
         if control_net is not None and control_strength != 0:
             h = images[sl] if hint is None else hint
             memo: dict = {}
-            pos = _with_hint(positive, control_net, h, control_strength, vae, memo)
-            neg = _with_hint(negative, control_net, h, control_strength, vae, memo)
+            pos = _with_hint(pos, control_net, h, control_strength, vae, memo)
+            neg = _with_hint(neg, control_net, h, control_strength, vae, memo)
         frame_seed = int(seed) + idx[ts[0]]
         if full_noise is not None:
             n = full_noise[sl]

@@ -338,6 +338,15 @@ def test_node_controlnet_hint_strength_zero_equals_stock_controlnet_per_frame(co
     on = NR.recurrent_sample(*args, 1.0, control_net=p["cn"], vae=p["vae"])[0]["samples"]
     assert torch.isfinite(on).all() and (on[1] - ref[1]).abs().max() > 1e-4
 
+    # a ControlNet applied upstream with one hint per frame is sliced to the frame being sampled
+    import nodes as comfy_nodes
+
+    pos, neg = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(p["pos"], p["neg"], p["cn"], frames, 1.0, 0.0,
+                                                                      1.0, vae=p["vae"])
+    up = NR.recurrent_sample(p["model"], pos, neg, p["sampler"], p["sigmas"], {"samples": lat}, frames, 3, 2.0,
+                             0.0)[0]["samples"]
+    torch.testing.assert_close(up, ref, rtol=1e-5, atol=1e-5)
+
 
 @torch.inference_mode()  # as ComfyUI's executor runs nodes
 def test_node_bad_inputs_and_interrupt(comfy_host, tiny):
