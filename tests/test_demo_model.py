@@ -167,3 +167,43 @@ def test_trainer_schedule_is_comfy_schedule(demo):
 
     ms = demo["model"].model.model_sampling
     assert torch.allclose(tt.sd_sigmas(), ms.sigmas.float().cpu(), rtol=1e-4)
+
+
+def _write_clip(path, frames, fps=8):
+    import av
+    from fractions import Fraction
+
+    u8 = (frames.numpy() * 255).round().clip(0, 255).astype("uint8")
+    with av.open(path, mode="w", format="mp4") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = u8.shape[2], u8.shape[1], "yuv444p"
+        vs.options = {"crf": "4", "threads": "1"}
+        for i, f in enumerate(u8):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts, vf.time_base = i, Fraction(1, fps)
+            for p in vs.encode(vf):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+
+
+def test_demo_restore_workflow_through_server(server, tmp_path):
+    """The runner's default workflow end to end on a real headless server (small held-out noisy clip)."""
+    import json
+    import subprocess
+    import sys
+
+    from temporal_restore.pipelines import train_tasks as tt
+
+    clip = tt.degraded_input(tt.heldout_clip("rocket", frames=4, size=64), "denoise", seed=3)
+    src = str(tmp_path / "noisy.mp4")
+    _write_clip(src, clip)
+    out = tmp_path / "restored.mp4"
+    p = subprocess.run([sys.executable, "-m", "tr_cli", "run", src, "-w", "demo_restore", "--server", server.url,
+                        "-o", str(out), "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert out.exists() and out.stat().st_size > 0
+    reports = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("restored.metrics*.json"))]
+    assert len(reports) == 2, p.stdout
+    assert all(r["frames"] == 4 and r["width"] == 64 for r in reports)
+    assert any("psnr" in r for r in reports)
