@@ -14,7 +14,7 @@ Two modes:
   gradually; the results are then fused with the Eq. 4 weights. Patches may also keep per-window
   state (e.g. attention K/V of boundary frames) in ``transformer_options["temporal_restore"]
   ["ilt_state"]`` (a dict that persists across the windows of one run; ``"window"`` is the index).
-* ``boundary_kv > 0`` (fused mode): self-attention keys/values of the previous window's last
+* ``boundary_kv > 0`` (both modes): self-attention keys/values of the previous window's last
   exclusive frames are appended to every frame of the next window (:class:`BoundaryKV`), so a window
   sees its neighbour's content at the seam, not only through the blended overlap.
 
@@ -106,12 +106,14 @@ class _Progress:
 class BoundaryKV:
     """attn1_patch carrying the self-attention keys/values of boundary frames into the next window.
 
-    Fused mode evaluates the windows one after the other at the same sigma; window ``i`` publishes the
-    attention input (pre-projection hidden states, i.e. what becomes K/V) of its frames just before
-    window ``i + 1`` starts, and window ``i + 1`` appends them to the keys/values of all its frames,
-    per block and per cond/uncond chunk (never mixed). Only the current sigma is kept. Per-window
-    instructions come from ``transformer_options["temporal_restore"]["ilt_kv"]``
-    (``{"store", "publish", "read"}``); without them the patch does nothing.
+    Window ``i`` publishes the attention input (pre-projection hidden states, i.e. what becomes K/V)
+    of its frames just before window ``i + 1`` starts, and window ``i + 1`` appends them to the
+    keys/values of all its frames at the same sigma, per block and per cond/uncond chunk (never
+    mixed). Fused mode runs the windows one after the other at each sigma, so only the current sigma
+    is kept; sequential mode keeps the previous window's boundary frames for every sigma of the
+    schedule (memory: steps x blocks x frames of hidden states). Per-window instructions come from
+    ``transformer_options["temporal_restore"]["ilt_kv"]`` (``{"read_store", "write_store", "publish",
+    "read", "fused"}``); without them the patch does nothing.
     Replacement attention patches placed after this one see keys/values with more tokens than queries.
     """
 
@@ -128,10 +130,10 @@ class BoundaryKV:
         kinds = list(extra_options.get("cond_or_uncond") or [0])
         sig = extra_options.get("sigmas")
         sig = round(float(sig.flatten()[0]), 5) if torch.is_tensor(sig) else None
-        store = spec["store"]
-        if store.sigma != sig:
-            store.data.clear()
-            store.sigma = sig
+        wstore, rstore = spec["write_store"], spec["read_store"]
+        if spec["fused"] and wstore.sigma != sig:
+            wstore.data.clear()
+            wstore.sigma = sig
         block = (tuple(extra_options.get("block") or ()), extra_options.get("block_index", 0))
         ctx = n if context is None else context
         val = ctx if value is None else value
@@ -140,12 +142,12 @@ class BoundaryKV:
             if f in pos:
                 for c in range(n_chunks):
                     i = c * frames + pos[f]
-                    store.data[(block, kinds[c], f)] = (ctx[i].detach().clone(), val[i].detach().clone())
+                    wstore.data[(sig, block, kinds[c], f)] = (ctx[i].detach().clone(), val[i].detach().clone())
         if not spec["read"]:
             return n, context, value
         new_ctx, new_val = [], []
         for c in range(n_chunks):
-            got = [store.data.get((block, kinds[c], f)) for f in spec["read"]]
+            got = [rstore.data.get((sig, block, kinds[c], f)) for f in spec["read"]]
             got = [g for g in got if g is not None and g[0].shape[-1] == ctx.shape[-1]]
             sl = slice(c * frames, (c + 1) * frames)
             if not got:
@@ -192,7 +194,7 @@ class _Store:
         self.data: dict = {}
 
 
-def _kv_specs(plan, frames_kv: int, store):
+def _kv_specs(plan, frames_kv: int, store, fused: bool = True):
     """Per window: absolute frames to publish for the next window and to read from the previous one."""
     specs = []
     for i, w in enumerate(plan.windows):
@@ -204,7 +206,7 @@ def _kv_specs(plan, frames_kv: int, store):
             nxt = plan.windows[i + 1].start
             m = min(frames_kv, nxt - w.start)
             publish = list(range(nxt - m, nxt))
-        specs.append({"store": store, "publish": publish, "read": read})
+        specs.append({"read_store": store, "write_store": store, "publish": publish, "read": read, "fused": fused})
     return specs
 
 
@@ -368,6 +370,12 @@ def chunked_sample(model, positive, negative, latent: dict, seed: int, cfg: floa
     else:
         out = None
         carry = {"prev": {}, "next": {}, "pos": [], "alpha": torch.zeros(0), "next_pos": []}
+        kv_specs = None
+        if boundary_kv and len(plan) > 1:
+            model = model.clone()
+            model.set_model_attn1_patch(BoundaryKV())
+            kv_specs = _kv_specs(plan, int(boundary_kv), None, fused=False)
+            kv_prev = _Store()
         for i, w in enumerate(plan.windows):
             comfy.model_management.throw_exception_if_processing_interrupted()
             sl = slice(w.start, w.end)
@@ -382,6 +390,9 @@ def chunked_sample(model, positive, negative, latent: dict, seed: int, cfg: floa
                              next_pos=[plan.windows[i + 1].start - w.start + p for p in nxt], next={})
             state["window"] = i
             guider.set_windows(parts, pbar, carry if carry_state else None, state)
+            if kv_specs is not None:
+                kv_next = _Store()
+                guider.kv_specs = [dict(kv_specs[i], read_store=kv_prev, write_store=kv_next)]
             mask = _slice_tensor(noise_mask, sl, total) if noise_mask is not None else None
             res = guider.sample(noise[sl], latent_image[sl], sampler, sigmas, denoise_mask=mask, callback=None,
                                 disable_pbar=disable_pbar, seed=seed)
@@ -392,6 +403,8 @@ def chunked_sample(model, positive, negative, latent: dict, seed: int, cfg: floa
             out[sl] += wt * res
             if carry_state:
                 carry["prev"], carry["next"] = carry["next"], {}
+            if kv_specs is not None:
+                kv_prev = kv_next  # only the boundary frames of the window just finished are kept
             del res, guider
     result = latent.copy()
     result.pop("downscale_ratio_spacial", None)
@@ -460,8 +473,9 @@ class ILTChunker(io.ComfyNode):
                                  tooltip="sequential mode: blend the previous window's per-step predictions into "
                                          "the overlap frames (seamless boundaries)."),
                 io.Int.Input("boundary_kv", default=0, min=0, max=16, optional=True,
-                             tooltip="fused mode: frames of the previous window whose self-attention keys/values "
-                                     "are appended to every frame of the next window (0 = off)."),
+                             tooltip="Frames of the previous window whose self-attention keys/values are appended "
+                                     "to every frame of the next window (0 = off; sequential mode keeps them for "
+                                     "every step)."),
                 io.Sampler.Input("sampler", optional=True, tooltip="Optional SAMPLER (overrides sampler_name)."),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Optional SIGMAS (overrides scheduler/steps/denoise)."),
             ],

@@ -310,7 +310,8 @@ def test_rescheduled_noise_node_feeds_sampler_custom_advanced(comfy_host, tiny):
         comfy_host.run(prompt, outputs=["9"])
 
 
-def test_boundary_kv_reaches_only_later_windows(comfy_host, tiny, inference):
+@pytest.mark.parametrize("mode", ["fused", "sequential"])
+def test_boundary_kv_reaches_only_later_windows(comfy_host, tiny, inference, mode):
     from temporal_restore.nodes import ilt as ilt_node
     import comfy.samplers
 
@@ -318,7 +319,7 @@ def test_boundary_kv_reaches_only_later_windows(comfy_host, tiny, inference):
     _, latent = _clip(vae, 12, static=False, seed=2)
     run = lambda kv: ilt_node.chunked_sample(model, pos, neg, {"samples": latent}, 0, 2.0,  # noqa: E731
                                              comfy.samplers.sampler_object("euler"), _sigmas(model, 2), window=8,
-                                             overlap=4, mode="fused", boundary_kv=kv)["samples"]
+                                             overlap=4, mode=mode, boundary_kv=kv)["samples"]
     base, kv = run(0), run(2)
     # frames 0-3 belong to window 0 only, which reads no boundary: unchanged; window 1's own frames change
     assert torch.allclose(kv[:4], base[:4], atol=1e-6)
