@@ -13,7 +13,8 @@ Two modes:
   frames follow the previous window's trajectory at the seam and hand over to the new window
   gradually; the results are then fused with the Eq. 4 weights. Patches may also keep per-window
   state (e.g. attention K/V of boundary frames) in ``transformer_options["temporal_restore"]
-  ["ilt_state"]`` (a dict that persists across the windows of one run; ``"window"`` is the index).
+  ["ilt_state"]`` (a mapping shared by every model call of one run; ``"window"`` is the index in
+  sequential mode; it is deliberately not a ``dict``, which ComfyUI would copy per call).
 * ``boundary_kv > 0`` (both modes): self-attention keys/values of the previous window's last
   exclusive frames are appended to every frame of the next window (:class:`BoundaryKV`), so a window
   sees its neighbour's content at the seam, not only through the blended overlap.
