@@ -237,3 +237,25 @@ def test_workflow_in_browser(name, browser, server, clip_name, object_info):
         except BrowserError:
             pass
         page.close()
+
+
+@pytest.mark.xfail(reason="tr_cli/ui_format.py layout: group titles under node title bars, fixed-height Note, node "
+                          "heights without outputs/video preview (fix proposed in issue 8); remove once regenerated",
+                   strict=False)
+@pytest.mark.parametrize("name", sorted(API))
+def test_workflow_layout_readable(name, browser, server, clip_name, object_info):
+    """As a person sees the dropped file (with a clip chosen, so the video preview shows): no node drawn over
+    another, every stage group's title visible, the note's whole text shown without scrolling."""
+    ui_path = os.path.join(UI_DIR, f"{name}.json")
+    assert os.path.exists(ui_path), f"{ui_path} missing: run scripts/regen.py"
+    workflow, _ = adapt(json.load(open(ui_path)), workflows.load(name), object_info, clip_name)
+    page, comfy = open_comfy(browser, server)
+    try:
+        comfy.drop_workflow(workflow, f"{name}.json")
+        page.wait_for("[...document.querySelectorAll('video')].some(v => v.readyState >= 1)", 30,
+                      what="the input clip's preview")
+        time.sleep(1.0)  # the node grows to its preview on the next frame
+        problems = comfy.layout_problems()
+        assert not problems, f"{name}: hard to read as loaded:\n" + "\n".join(problems)
+    finally:
+        page.close()

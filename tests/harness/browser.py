@@ -500,6 +500,31 @@ class ComfyPage:
         time.sleep(0.5)  # DOM widgets (the note's textarea) follow the canvas on the next frame
         return rect
 
+    def layout_problems(self) -> list[str]:
+        """What keeps a person from reading the loaded graph: nodes drawn over each other (title bars included),
+        group titles covered by nodes, text widgets whose text does not fit (they scroll)."""
+        return self.page.evaluate("""(() => {
+            const th = LiteGraph.NODE_TITLE_HEIGHT, out = [];
+            const nodes = app.graph.nodes.map(n => ({name: n.title || n.type, r: [n.pos[0], n.pos[1] - th, n.size[0], n.size[1] + th], n}));
+            const hit = (a, b) => a[0] < b[0] + b[2] && b[0] < a[0] + a[2] && a[1] < b[1] + b[3] && b[1] < a[1] + a[3];
+            for (let i = 0; i < nodes.length; i++)
+                for (let j = i + 1; j < nodes.length; j++)
+                    if (hit(nodes[i].r, nodes[j].r)) out.push(`node '${nodes[i].name}' overlaps node '${nodes[j].name}'`);
+            for (const g of (app.graph.groups || app.graph._groups || [])) {
+                const b = g._bounding || g.bounding;
+                const bar = [b[0], b[1], b[2], g.titleHeight ?? (g.font_size || 24) * 1.4];
+                const over = nodes.filter(x => hit(bar, x.r)).map(x => x.name);
+                if (over.length) out.push(`group '${g.title}': title bar covered by ${over.join(', ')}`);
+            }
+            for (const x of nodes)
+                for (const w of (x.n.widgets || [])) {
+                    const el = w.element || w.inputEl;
+                    if (el && el.tagName === 'TEXTAREA' && el.scrollHeight > el.clientHeight + 2)
+                        out.push(`node '${x.name}': ${w.name} text cut off (${el.scrollHeight} px of text in ${el.clientHeight} px)`);
+                }
+            return out;
+        })()""") or []
+
     def press_run(self) -> str:
         """Click the Run (queue) button like a user; returns how it was pressed."""
         try:
