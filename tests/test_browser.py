@@ -259,3 +259,10 @@ def test_workflow_layout_readable(name, browser, server, clip_name, object_info)
         assert not problems, f"{name}: hard to read as loaded:\n" + "\n".join(problems)
     finally:
         page.close()
+
+
+def test_every_workflow_has_a_thumbnail():
+    """workflows/thumbnails/<name>.png for each bundled workflow (made by scripts/make_thumbnails.py)."""
+    assert API, "no bundled API workflows"
+    missing = [n for n in API if not os.path.exists(os.path.join(paths.REPO, "workflows", "thumbnails", f"{n}.png"))]
+    assert not missing, f"no thumbnail for {missing}: run scripts/make_thumbnails.py"

@@ -52,6 +52,9 @@ def find_chromium() -> str | None:
 
 def ensure_chromium() -> str:
     """Path of a Chromium binary; installs Debian's ``chromium`` package with apt-get when missing."""
+    env = os.environ.get("TR_CHROMIUM")
+    if env and not os.path.exists(env):
+        raise BrowserError(f"TR_CHROMIUM={env} does not exist")
     path = find_chromium()
     if path:
         return path
