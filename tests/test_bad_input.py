@@ -42,7 +42,7 @@ def model_and_prompts(g: Graph, tiny) -> tuple[str, str, str]:
     return ck, pos, neg
 
 
-def clip(g: Graph, frames: int, size: int = 64, seed: int = 0) -> str:
+def clip(g: Graph, frames: int, size: int = 32, seed: int = 0) -> str:
     """IMAGE [frames, size, size, 3] (TR_SyntheticClip needs >= 2 frames: one frame is cut from two)."""
     n = max(2, frames)
     c = g.add("TR_SyntheticClip", image="astronaut", frames=n, width=size, height=size, motion="pan",
@@ -56,7 +56,7 @@ def encode(g: Graph, ck: str, images: str) -> str:
     return g.add("VAEEncode", pixels=out(images), vae=out(ck, 2))
 
 
-def empty_latent(g: Graph, frames: int, width: int = 64, height: int = 64) -> str:
+def empty_latent(g: Graph, frames: int, width: int = 32, height: int = 32) -> str:
     """A zero LATENT [frames, 4, height/8, width/8]. (Not VAEEncode: the tiny checkpoint's TAESD has
     vae_scale = 0, so its encoder returns Inf/NaN; see test_tiny_checkpoint_vae_encode_is_finite.)"""
     return g.add("EmptyLatentImage", width=width, height=height, batch_size=frames)
@@ -243,7 +243,7 @@ def _recurrent(g, ck, pos, neg, lat, images):
     sampler, sigmas = _distilled(g, ck)
     r = g.add("TR_RecurrentRestore", model=out(ck), positive=out(pos), negative=out(neg), sampler=out(sampler),
               sigmas=out(sigmas), latent=out(lat), images=out(images), noise_seed=0, cfg=1.5, strength=0.5,
-              photometric_tau=0.1, blur=1.0, control_strength=1.0)
+              photometric_tau=0.1, blur=1.0, group=1, control_strength=1.0)
     g.add("SaveLatent", samples=out(r), filename_prefix="bad_input/recurrent")
     return r
 
@@ -344,7 +344,7 @@ def test_one_frame_temporal_patch_equals_per_frame_result(server, tiny, node):
     base = latent_of(server, run_ok(server, tiny, _one_frame_graph(tiny, None, "bad_input/one_base")), "one_base")
     got = latent_of(server, run_ok(server, tiny, _one_frame_graph(tiny, node, f"bad_input/one_{node}")),
                     f"one_{node}")
-    assert got.shape == base.shape == (1, 4, 8, 8)
+    assert got.shape == base.shape == (1, 4, 4, 4)
     assert (got - base).abs().max().item() < 1e-4, f"{node} on one frame differs from the unpatched sampler"
 
 
@@ -371,7 +371,7 @@ def test_one_frame_ilt_chunker_equals_ksampler(server, tiny):
     g.add("SaveLatent", samples=out(c), filename_prefix="bad_input/one_ilt")
     entry = run_ok(server, tiny, g)
     a, b = latent_of(server, entry, "one_ks"), latent_of(server, entry, "one_ilt")
-    assert a.shape == b.shape == (1, 4, 8, 8)
+    assert a.shape == b.shape == (1, 4, 4, 4)
     assert (a - b).abs().max().item() < 1e-4
 
 
@@ -412,7 +412,7 @@ def test_one_frame_samplers_and_decoder_work(server, tiny, what):
         g.add("SaveLatent", samples=out(s), filename_prefix="bad_input/one_noise")
         prefix = "one_noise"
     lat_out = latent_of(server, run_ok(server, tiny, g), prefix)
-    assert tuple(lat_out.shape) == (1, 4, 8, 8)
+    assert tuple(lat_out.shape) == (1, 4, 4, 4)
     assert torch.isfinite(lat_out).all()
 
 
@@ -439,7 +439,7 @@ def test_ilt_chunker_window_or_overlap_longer_than_clip_works(server, tiny, wind
     g = Graph()
     _chunker(g, tiny, 3, window, overlap)
     lat = latent_of(server, run_ok(server, tiny, g), f"chunk_{window}_{overlap}")
-    assert tuple(lat.shape) == (3, 4, 8, 8) and torch.isfinite(lat).all()
+    assert tuple(lat.shape) == (3, 4, 4, 4) and torch.isfinite(lat).all()
 
 
 def test_te3d_decode_overlap_not_below_chunk(server, tiny):
