@@ -51,6 +51,7 @@ def add_parser(sub) -> None:
     p.add_argument("--models-dir", action="append", default=[], help="extra models folder for the local server (checkpoints/, controlnet/ inside)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="override a workflow input; NODE is a node id, title or class type; VALUE is JSON or text")
+    p.add_argument("--reference", help="clean version of the input: print before/after PSNR, SSIM, warping error, flicker against it")
     p.add_argument("--timeout", type=float, default=6 * 3600, help="give up after this many seconds")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
@@ -125,6 +126,8 @@ def _output_items(entry: dict):
 
 def main(args) -> int:
     frames, has_audio = check_video(args.input)
+    if args.reference:
+        check_video(args.reference)
     if args.workflow == DEFAULT_WORKFLOW and DEFAULT_WORKFLOW not in workflows.bundled():
         args.workflow = "degrade_measure"
     prompt = workflows.load(args.workflow)
@@ -178,6 +181,14 @@ def main(args) -> int:
             client.download(item, dst)
             with open(dst) as f:
                 print(f"metrics ({dst}):\n{json.dumps(json.load(f), indent=2)}")
+        if args.reference:
+            from . import compare
+
+            report = compare.before_after(args.input, output, args.reference)
+            dst = os.path.splitext(output)[0] + ".before_after.json"
+            with open(dst, "w") as f:
+                f.write(compare.dumps(report))
+            print(f"before/after against {args.reference} ({dst}):\n{compare.table(report)}")
         return 0
     except KeyboardInterrupt:
         if prompt_id is not None:
