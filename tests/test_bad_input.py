@@ -536,6 +536,24 @@ def test_nonfinite_latent_refused_by_pack_samplers(server, tiny, node):
     expect_error(server, tiny, g, name + ":", anyof=NONFINITE, node_type=node)
 
 
+@pytest.mark.parametrize("node", ["TR_LatentWarp", "TR_TCGuidance"])
+def test_nonfinite_latent_refused_by_x0_level_patches(server, tiny, node):
+    """Post-CFG patches see every step's x0: a non-finite latent must stop sampling with an error naming it
+    (attention-level patches are not asked to check: per-call checks on q/k/v would cost every block)."""
+    g = Graph()
+    ck, pos, neg = model_and_prompts(g, tiny)
+    flow = g.add("TR_FlowEstimate", images=out(clip(g, 3)), backend="dis", dis_preset="ultrafast", raft_weights="",
+                 keyframe_stride=0, grid="latent (1/8)")
+    if node == "TR_LatentWarp":
+        m = g.add(node, model=out(ck), flow=out(flow), fraction=1.0, batch_size=3, keyframe_mode="stride", seed=0,
+                  strength=1.0)
+    else:
+        m = g.add(node, model=out(ck), flow=out(flow), scale=1.0, guidance_start=0.0, gamma=0.0)
+    lat = g.add("TRTest_CorruptLatent", samples=out(empty_latent(g, 3)), value="inf", frame=1)
+    ksampler(g, out(m), pos, neg, lat, denoise=0.5, prefix="bad_input/x")
+    expect_error(server, tiny, g, "latent", anyof=NONFINITE)
+
+
 @pytest.mark.parametrize("node,value", [("TR_FlowEstimate", "nan"), ("TR_VideoMetrics", "nan"),
                                         ("TR_VideoMetrics", "inf"), ("TR_Degrade", "-inf"),
                                         ("TR_RecurrentRestore", "nan")])
