@@ -27,7 +27,7 @@ TINY_CLIP = {
 }
 CKPT_NAME = "tiny_sd15.safetensors"
 CONTROLNET_NAME = "tiny_controlnet.safetensors"
-BUILD_VERSION = "1"  # bump when the builder changes, so cached files are rebuilt
+BUILD_VERSION = "2"  # bump when the builder changes, so cached files are rebuilt
 
 
 def _classes():
@@ -123,6 +123,8 @@ def build_state_dicts(seed: int = 0) -> tuple[dict, dict]:
         clip.text_model.embeddings.position_embedding.weight.mul_(0.1)
     vae = taesd.TAESD(latent_channels=4)
     _init_params(vae, seed + 2)
+    with torch.no_grad():  # encode divides by vae_scale: zero would make every latent inf
+        vae.vae_scale.fill_(1.0)
     cn_cfg = {k: v for k, v in cfg.items() if k not in ("out_channels", "transformer_depth_output", "use_temporal_attention", "use_temporal_resblock")}
     cn = cldm.ControlNet(hint_channels=3, **cn_cfg, operations=ops, dtype=torch.float32, device="cpu")
     _init_params(cn, seed + 3)
