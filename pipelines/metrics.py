@@ -35,7 +35,6 @@ from . import flow as _flow
 from .degrade import check_frames, gaussian_kernel1d
 
 LUMA = (0.299, 0.587, 0.114)
-DIS_MIN_SIZE = 16  # frames smaller than this (either side) are edge-padded for DIS flow estimation
 FLICKER_MODES = ("mean", "lowpass")
 
 
@@ -123,13 +122,8 @@ def estimate_flow_dis(frames, callback=None) -> tuple[torch.Tensor, torch.Tensor
     ``callback(done, total)`` is called after each pair (progress / interruption hook).
     """
     x = check_frames(frames).detach().cpu()
-    t, h, w, _ = x.shape
-    # OpenCV DIS refuses frames under 12 px on both sides: estimate on an edge-replicated copy, crop back
-    ph, pw = max(0, DIS_MIN_SIZE - h), max(0, DIS_MIN_SIZE - w)
-    if ph or pw:
-        x = F.pad(x.permute(0, 3, 1, 2), (0, pw, 0, ph), mode="replicate").permute(0, 2, 3, 1).contiguous()
     ff = _flow.estimate_flow(x, backend="dis", preset="medium", callback=callback)
-    return ff.forward[..., :h, :w].to(torch.float64), ff.occlusion_fwd[:, 0, :h, :w] > 0.5
+    return ff.forward.to(torch.float64), ff.occlusion_fwd[:, 0] > 0.5
 
 
 def fb_occlusion(fwd: torch.Tensor, bwd: torch.Tensor) -> torch.Tensor:

@@ -302,6 +302,26 @@ def test_synthetic_clip_width_not_multiple_of_8(server, tiny):
     assert server.alive()
 
 
+@pytest.mark.parametrize("node", ["TR_FlowEstimate", "TR_VideoMetrics"])
+def test_tiny_frames_work_or_name_the_input(server, tiny, node):
+    """8x8 frames (OpenCV DIS refuses frames under 12 px): a result, or a ValueError naming the frames."""
+    g = Graph()
+    img = g.add("EmptyImage", width=8, height=8, batch_size=3, color=0x406080)
+    if node == "TR_FlowEstimate":
+        f = g.add(node, images=out(img), backend="dis", dis_preset="medium", raft_weights="", keyframe_stride=2,
+                  grid="full")
+        nid = metrics(g, img, flow=out(f))
+    else:
+        nid = metrics(g, img, reference=out(img))
+    try:
+        entry = server.run(g, timeout=300)
+    except ServerError:
+        expect_error(server, tiny, g, "images:" if node == "TR_FlowEstimate" else "restored:", node_type=node)
+        return
+    m = metrics_of(entry, nid)
+    assert m["frames"] == 3 and m["warping_error"] is not None
+
+
 # == 3. one-frame clips: temporal patches degrade to the per-frame result ==================================
 def _one_frame_patch(g, node, model, flow):
     if node == "swcfa":
