@@ -77,20 +77,34 @@ def child(a) -> None:
         model = install_sw_cfa(model, "sw_cfa", radius=a.window, blocks="all")
     g = torch.Generator().manual_seed(0)
     field = torch.nn.functional.interpolate(torch.randn(1, 4, 8, 8, generator=g), size=(64, 64), mode="bilinear")
-    latent = torch.cat([field[:, :, (t // 4) % 60: (t // 4) % 60 + 4, 8:12] for t in range(a.frames)]).contiguous()
     sampler = comfy.samplers.sampler_object("euler")
     sigmas = comfy.samplers.KSampler(model, steps=a.steps, device=model.load_device, sampler="euler",
                                      scheduler="normal", denoise=0.6).sigmas
     decoder = te3d_vae.TE3DDecoder(vae.first_stage_model.taesd_decoder).eval()
+
+    def restore(frames):
+        latent = torch.cat([field[:, :, (t // 4) % 60: (t // 4) % 60 + 4, 8:12] for t in range(frames)]).contiguous()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            res = ilt_node.chunked_sample(model, pos, neg, {"samples": latent}, 0, 3.0, sampler, sigmas,
+                                          window=a.window, overlap=a.overlap, mode=a.mode, noise_mode=a.noise,
+                                          carry_state=a.carry, blend_mode=a.blend, progress=False,
+                                          boundary_kv=a.boundary_kv)["samples"]
+            img = te3d_vae.decode_chunked(decoder, res, chunk=8, overlap=2).clamp(0, 1)
+        return img, time.perf_counter() - t0
+
+    if a.time_vs:  # time per frame of both lengths in this one process, interleaved, medians
+        import statistics
+
+        restore(a.time_vs)  # warm-up
+        short, long_ = [], []
+        for _ in range(a.repeats):
+            short.append(restore(a.time_vs)[1] / a.time_vs)
+            long_.append(restore(a.frames)[1] / a.frames)
+        print("RESULT " + json.dumps({"short_tpf": statistics.median(short), "long_tpf": statistics.median(long_)}))
+        return
     rss0 = _rss_mb()
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        res = ilt_node.chunked_sample(model, pos, neg, {"samples": latent}, 0, 3.0, sampler, sigmas,
-                                      window=a.window, overlap=a.overlap, mode=a.mode, noise_mode=a.noise,
-                                      carry_state=a.carry, blend_mode=a.blend, progress=False,
-                                      boundary_kv=a.boundary_kv)["samples"]
-        img = te3d_vae.decode_chunked(decoder, res, chunk=8, overlap=2).clamp(0, 1)
-    dt = time.perf_counter() - t0
+    img, dt = restore(a.frames)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     plan = ilt.WindowPlan(a.frames, a.window, a.overlap)
     seam = float("nan")
@@ -101,10 +115,10 @@ def child(a) -> None:
 
 
 def run_child(frames, steps, mode="fused", noise="rescheduled", carry=True, blend="ilt", window=8, overlap=4,
-              patch="none", boundary_kv=0):
+              patch="none", boundary_kv=0, time_vs=0, repeats=2):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--frames", str(frames), "--steps", str(steps),
            "--mode", mode, "--noise", noise, "--blend", blend, "--window", str(window), "--overlap", str(overlap),
-           "--patch", patch, "--boundary-kv", str(boundary_kv)]
+           "--patch", patch, "--boundary-kv", str(boundary_kv), "--time-vs", str(time_vs), "--repeats", str(repeats)]
     if carry:
         cmd.append("--carry")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -132,6 +146,8 @@ def main() -> None:
     ap.add_argument("--patch", default="none", choices=["none", "sw_cfa"])
     ap.add_argument("--only-seam", action="store_true")
     ap.add_argument("--boundary-kv", type=int, default=0)
+    ap.add_argument("--time-vs", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
     if a.child:
         return child(a)
@@ -149,8 +165,10 @@ def main() -> None:
               f"growth ratio {(l['peak_mb'] - l['rss_before_mb']) / max(s['peak_mb'] - s['rss_before_mb'], 1):.2f}")
         tpf = (l["seconds"] / a.long) / (s["seconds"] / a.short)
         work = (l["windows"] * 8 / a.long) / (s["windows"] * 8 / a.short)
-        print(f"[{mode}] time/frame ratio {a.long}/{a.short}: {tpf:.3f} (target <= 1.1); window-frames per frame "
-              f"ratio (ILT overlap work) {work:.3f}")
+        t = run_child(a.long, a.steps, mode, time_vs=a.short, repeats=a.repeats)
+        print(f"[{mode}] time/frame ratio {a.long}/{a.short}: {tpf:.3f} across processes; "
+              f"{t['long_tpf'] / t['short_tpf']:.3f} in one process (warm, interleaved, median of {a.repeats}) "
+              f"(target <= 1.1); window-frames per frame ratio (ILT overlap work) {work:.3f}")
     s = run_child(a.short, a.steps, "fused", overlap=2)
     l = run_child(a.long, a.steps, "fused", overlap=2)
     print(f"[fused, overlap 2] time/frame ratio {a.long}/{a.short}: "
