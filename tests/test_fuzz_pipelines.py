@@ -10,10 +10,11 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from temporal_restore.pipelines import degrade, distilled, ilt, latent_warp, metrics, noise_share, sw_cfa
+from temporal_restore.pipelines import ddim_inversion, degrade, distilled, early_stop, ilt, latent_warp, metrics
+from temporal_restore.pipelines import noise_share, recurrent_align, sw_cfa
 from temporal_restore.pipelines import flow as flowlib
 from temporal_restore.pipelines import token_merge as tm
 
@@ -539,3 +540,68 @@ def test_video_metrics_any_frame_size_with_dis(t, h, w, seed):
         if isinstance(v, float):
             assert not math.isnan(v), k
     metrics.metrics_to_json(m)
+
+
+# == early stop, recurrent alignment, DDIM inversion ==========================================================
+def descending(n: int, seed: int) -> torch.Tensor:
+    steps = torch.rand(n, generator=gen(seed)) + 0.01
+    return torch.cat([torch.flip(torch.cumsum(steps, 0), [0]), torch.zeros(1)])
+
+
+@FUZZ
+@given(n=st.integers(1, 30), stop_at=st.one_of(st.floats(-0.5, 1.5), st.just(math.nan)), seed=seeds)
+def test_early_stop_sigmas_prefix_ending_in_zero(n, stop_at, seed):
+    sig = descending(n, seed)
+    try:
+        out = early_stop.early_stop_sigmas(sig, stop_at)
+    except ValueError:
+        assert not 0 <= stop_at <= 1
+        return
+    assert 0 <= stop_at <= 1 and finite(out) and float(out[-1]) == 0.0
+    k = out.numel() - 1
+    assert 0 <= k <= n and torch.equal(out[:k], sig[:k])
+    assert bool((out[:-1] > out[1:]).all()) or k == 0
+    for v in out[:-1].tolist():
+        assert 0.0 <= early_stop.schedule_progress(v, sig) < 1.0
+
+
+@FUZZ
+@example(n=1, h=1, w=1, tau=1.0, blur=1e-50, strength=0.0, scale=0.0, with_occ=False, seed=0)  # found by fuzzing
+@given(n=st.integers(1, 2), h=st.integers(1, 12), w=st.integers(1, 12), tau=st.floats(0.001, 1.0),
+       blur=st.floats(0.0, 4.0), strength=st.floats(0, 1), scale=flow_scale, with_occ=st.booleans(), seed=seeds)
+def test_recurrent_alignment_confidence_and_blend(n, h, w, tau, blur, strength, scale, with_occ, seed):
+    g = gen(seed)
+    prev, cur = torch.rand(n, 3, h, w, generator=g), torch.rand(n, 3, h, w, generator=g)
+    fb, ff = rand_flow(n, h, w, scale, seed), rand_flow(n, h, w, scale, seed + 1)
+    blurred = recurrent_align.gaussian_blur(cur, blur)
+    assert blurred.shape == cur.shape and finite(blurred)
+    m = recurrent_align.alignment_confidence(prev, cur, fb, flow_fwd=ff if with_occ else None, tau=tau, blur=blur)
+    assert m.shape == (n, 1, h, w) and finite(m) and bool(((m >= 0) & (m <= 1)).all())
+    out = recurrent_align.blend(cur, prev, m, strength)
+    assert out.shape == cur.shape and finite(out)
+    lo, hi = torch.minimum(cur, prev), torch.maximum(cur, prev)
+    assert bool((out >= lo - 1e-5).all() and (out <= hi + 1e-5).all())  # a per-pixel convex combination
+    # identical frames under zero flow are fully trusted
+    same = recurrent_align.alignment_confidence(cur, cur, torch.zeros(n, 2, h, w), tau=tau, blur=blur)
+    assert torch.allclose(same, torch.ones_like(same))
+
+
+@FUZZ
+@given(n=st.integers(1, 12), shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 5)),
+       refine=st.integers(0, 2), eval_at=st.sampled_from(list(ddim_inversion.EVAL_AT)), seed=seeds)
+def test_ddim_invert_then_sample_is_identity_for_constant_noise_model(n, shape, refine, eval_at, seed):
+    """A model that predicts a constant noise field: DDIM inversion then sampling returns the input exactly."""
+    g = gen(seed)
+    eps = torch.randn(*shape, generator=g, dtype=torch.float64)
+    x0 = torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    def model(x, s):
+        return x - s.view(-1, *([1] * (x.ndim - 1))) * eps
+
+    sig = descending(n, seed).double() * 5
+    noisy = ddim_inversion.ddim_invert(model, x0, sig, eval_at=eval_at, refine=refine)
+    assert noisy.shape == x0.shape and finite(noisy)
+    back = ddim_inversion.ddim_sample(model, noisy, sig)
+    assert torch.allclose(back, x0, atol=1e-9 * (1 + float(sig[0])))
+    with pytest.raises(ValueError):
+        ddim_inversion.ddim_sample(model, noisy, torch.flip(sig, [0]))
