@@ -239,9 +239,6 @@ def test_workflow_in_browser(name, browser, server, clip_name, object_info):
         page.close()
 
 
-@pytest.mark.xfail(reason="tr_cli/ui_format.py layout: group titles under node title bars, fixed-height Note, node "
-                          "heights without outputs/video preview (fix proposed in issue 8); remove once regenerated",
-                   strict=False)
 @pytest.mark.parametrize("name", sorted(API))
 def test_workflow_layout_readable(name, browser, server, clip_name, object_info):
     """As a person sees the dropped file (with a clip chosen, so the video preview shows): no node drawn over

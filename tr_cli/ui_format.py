@@ -9,6 +9,8 @@ import uuid
 
 PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 COLUMN_W, ROW_GAP, NODE_W = 380, 40, 320
+UPLOAD_PREVIEW_H = 240  # LoadVideo/LoadImage preview drawn once a file is chosen
+NODE_TITLE_H = 30  # LiteGraph.NODE_TITLE_HEIGHT: a node's title bar is drawn above its pos
 STAGE_COLORS = ["#3f789e", "#8A8", "#b06634", "#a1309b", "#88A", "#444"]
 
 
@@ -44,6 +46,12 @@ def _depths(prompt: dict) -> dict[str, int]:
     for nid in prompt:
         visit(nid)
     return depth
+
+
+def _wrapped_lines(text: str, width: float, char_w: float = 6.5) -> int:
+    """Lines the Note's textarea shows (its monospace font is about 6.5 px per character)."""
+    per_line = max(int((width - 20) / char_w), 1)
+    return sum(max(1, -(-len(line) // per_line)) for line in text.split("\n"))
 
 
 def _note_text(prompt: dict, object_info: dict, title: str, description: str) -> str:
@@ -90,8 +98,11 @@ def api_to_ui(prompt: dict, object_info: dict, title: str = "", description: str
                 inputs.append({"name": name, "type": typ, "link": None})
         col = depth[nid]
         row = rows.get(col, 0)
-        height = 60 + 26 * max(len(widgets), 1) + 20 * len(inputs)
-        rows[col] = row + height + ROW_GAP
+        slots = max(len(inputs), len(schema.get("output", [])))  # LiteGraph lays inputs and outputs side by side
+        height = 60 + 26 * max(len(widgets), 1) + 20 * slots
+        if any(opts.get("video_upload") or opts.get("image_upload") for _, _, opts in _inputs(schema)):
+            height += UPLOAD_PREVIEW_H  # the page shows the chosen file below the widgets
+        rows[col] = row + height + ROW_GAP + NODE_TITLE_H  # the next node's title bar sits above its pos
         ui = {
             "id": ids[nid], "type": node["class_type"], "pos": [40 + col * COLUMN_W, 120 + row],
             "size": [NODE_W, height], "flags": {}, "order": order, "mode": 0, "inputs": inputs,
@@ -116,15 +127,16 @@ def api_to_ui(prompt: dict, object_info: dict, title: str = "", description: str
     max_x = max(n["pos"][0] + n["size"][0] for n in nodes)
     max_y = max(n["pos"][1] + n["size"][1] for n in nodes)
     note_id = len(nodes) + 1
-    nodes.append({"id": note_id, "type": "Note", "pos": [40, max_y + 80], "size": [max_x - 40, 220], "flags": {},
+    note = _note_text(prompt, object_info, title, description)
+    nodes.append({"id": note_id, "type": "Note", "pos": [40, max_y + 80], "size": [max_x - 40, max(220, 60 + 12 * _wrapped_lines(note, max_x - 40))], "flags": {},
                   "order": len(nodes), "mode": 0, "inputs": [], "outputs": [], "properties": {},
-                  "widgets_values": [_note_text(prompt, object_info, title, description)], "title": "How this workflow works",
+                  "widgets_values": [note], "title": "How this workflow works",
                   "color": "#432", "bgcolor": "#653"})
     groups = []
     for col in sorted(set(depth.values())):
         members = [ui_nodes[n] for n in prompt if depth[n] == col]
         x0 = min(m["pos"][0] for m in members) - 10
-        y0 = min(m["pos"][1] for m in members) - 40
+        y0 = min(m["pos"][1] for m in members) - NODE_TITLE_H - 40
         x1 = max(m["pos"][0] + m["size"][0] for m in members) + 10
         y1 = max(m["pos"][1] + m["size"][1] for m in members) + 10
         names = sorted({object_info[prompt[n]["class_type"]].get("category", "").split("/")[-1] or "nodes" for n in prompt if depth[n] == col})
@@ -134,7 +146,7 @@ def api_to_ui(prompt: dict, object_info: dict, title: str = "", description: str
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "temporal_restore/" + (title or "workflow"))),
         "revision": 0, "last_node_id": note_id, "last_link_id": link_id, "nodes": nodes, "links": links,
-        "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "temporal_restore": {"title": title}},
+        "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [80, 110]}, "temporal_restore": {"title": title}},
         "version": 0.4,
     }
 
