@@ -36,7 +36,7 @@ mapped to an RGB preview with the model's linear latent-to-RGB factors (``latent
 ComfyUI's latent formats, the ones its live previews use; SD1.5's are the default here),
 ``rgb = (x0 . factors + bias + 1) / 2`` clamped to ``[0, 1]``, at latent resolution. It costs one
 ``C x 3`` matrix product instead of a VAE decode. For the flow the preview is upsampled to at least
-64 pixels on its short side (DIS needs some image to work on), estimated with OpenCV DIS and the
+32 pixels on its short side (DIS needs some image to work on), estimated with OpenCV DIS and the
 flow resampled back to the token grid.
 
 Tensor layout: ``q, k, v [F, N, H*D]`` for ONE chunk (cond or uncond) of ``F`` frames and
@@ -130,7 +130,7 @@ def latent_to_rgb(x0: Tensor, factors=None, bias=None, clamp: bool = True) -> Te
     return rgb.clamp(0.0, 1.0) if clamp else rgb
 
 
-def preview_flow(rgb: Tensor, min_side: int = 64, preset: str = "ultrafast") -> FlowField:
+def preview_flow(rgb: Tensor, min_side: int = 32, preset: str = "ultrafast") -> FlowField:
     """Optical flow of a preview clip ``rgb [T,3,h,w]`` (0..1), returned on the ``h x w`` grid.
 
     The preview is upsampled by an integer factor to at least ``min_side`` pixels on its short side,
