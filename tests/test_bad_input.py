@@ -57,8 +57,8 @@ def encode(g: Graph, ck: str, images: str) -> str:
 
 
 def empty_latent(g: Graph, frames: int, width: int = 32, height: int = 32) -> str:
-    """A zero LATENT [frames, 4, height/8, width/8]. (Not VAEEncode: the tiny checkpoint's TAESD has
-    vae_scale = 0, so its encoder returns Inf/NaN; see test_tiny_checkpoint_vae_encode_is_finite.)"""
+    """A zero LATENT [frames, 4, height/8, width/8]: cheaper than VAEEncode and independent of the tiny VAE
+    (whose encoder once returned Inf for every latent; test_tiny_checkpoint_vae_encode_is_finite guards it)."""
     return g.add("EmptyLatentImage", width=width, height=height, batch_size=frames)
 
 
