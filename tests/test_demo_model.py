@@ -139,11 +139,11 @@ def figures(demo, heldout):
 
 def test_denoise_improves_heldout_clip(figures):
     f = figures["denoise"]
-    assert f["restored"] > f["input"] + 0.5, f
+    assert f["restored"] > f["input"] + 1.0, f
 
 
 @pytest.mark.xfail(strict=True, reason="issue 9 target not reached yet: the demo VAE (TAESD-shaped, a few CPU "
-                                       "minutes of training) caps PSNR at ~21.5 dB on this clip; see models/demo/README.md")
+                                       "minutes of training) caps PSNR at ~22 dB on this clip; see models/demo/README.md")
 def test_issue_target_denoise_gain_4db(figures):
     f = figures["denoise"]
     assert f["restored"] >= f["input"] + 4.0, f
