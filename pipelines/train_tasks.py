@@ -144,7 +144,7 @@ def task_pairs(clean: torch.Tensor, tasks, seed: int) -> tuple[torch.Tensor, lis
         idx = [i for i, n in enumerate(names) if n == t]
         if not idx:
             continue
-        for j, i in enumerate(idx):  # per-crop seeds: derain/dehaze draw one pattern per call
+        for i in idx:  # per-crop seeds: derain/dehaze draw one pattern per call
             out[i] = degraded_input(clean[i:i + 1], t, seed=seed * 100003 + i)[0]
     return out, names
 

@@ -98,7 +98,6 @@ def test_loader_node_samples_with_controlnet(comfy_host):
 
 def _restore(demo, frames, task, denoise=0.3, steps=10):
     """The demo_restore graph in Python: VAEEncode -> task prompt + ControlNet -> SW-CFA -> DDIM invert/restore."""
-    import comfy_extras  # noqa: F401
     import nodes as comfy_nodes
     from temporal_restore.nodes import ddim_invert, sw_cfa
     from temporal_restore.pipelines import train_tasks as tt
