@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..pipelines import tc_guidance as tcg
+from ._checks import check_finite
 from ._patching import clone_with_options
 from ._types import FLOW
 from ._zvrd import frame_index_of, install_post_cfg, rgb_factors, run_key, step_progress
@@ -92,6 +93,8 @@ class GuidancePostCFG:
 
     def __call__(self, args):
         x0 = args["denoised"]
+        if self.guide.scale != 0.0:  # a non-finite x0 would silently poison the flow-warp gradient
+            check_finite(x0, "latent")
         to = (args.get("model_options") or {}).get("transformer_options", {})
         opts = dict(to)
         opts["sigmas"] = args.get("sigma")
