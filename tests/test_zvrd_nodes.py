@@ -270,3 +270,14 @@ def test_graph_noise_share_and_early_stop_sigmas_via_executor(comfy_host, tiny, 
     lat = res["outputs"]["10"][0]["samples"]
     assert lat.shape == (FRAMES, 4, LAT, LAT)
     assert (lat[1:] - lat[:1]).abs().max().item() <= 1e-5 * lat.abs().max().item()
+
+
+def test_tc_guidance_install_twice_replaces_and_original_untouched(zv):
+    _, tc, _, _ = _mods()
+    before = copy.deepcopy(zv["model"].model_options)
+    once, _ = tc.install_tc_guidance(zv["model"], scale=0.3)
+    twice, g2 = tc.install_tc_guidance(once, scale=0.1)
+    funcs = [f for f in twice.model_options["sampler_post_cfg_function"] if getattr(f, "_temporal_restore", "") == "tc_guidance"]
+    assert len(funcs) == 1 and funcs[0].guide is g2
+    assert len([f for f in once.model_options["sampler_post_cfg_function"] if getattr(f, "_temporal_restore", "") == "tc_guidance"]) == 1
+    assert zv["model"].model_options == before
