@@ -90,3 +90,11 @@ def test_run_degrade_measure_through_server(sample_clip, server, tmp_path):
     metrics = json.loads(metrics_path.read_text())
     assert metrics["psnr"] < 60  # degraded against the clean input: not identical
     assert server.alive()
+
+
+def test_out_of_range_override_is_one_readable_line(sample_clip, server, tiny):
+    rc, _, err = cli("run", sample_clip, "-w", "tdm_restore", "--server", server.url, "--checkpoint", tiny["checkpoint"],
+                     "--controlnet", tiny["controlnet"], "--set", "DDIM restore.steps=5000")
+    assert rc == 4
+    line = one_line_error(err)
+    assert "TR_DDIMRestore" in line and "'steps'" in line and "bigger than max" in line

@@ -37,11 +37,13 @@ def _latent(server, entry):
     return safetensors.torch.load_file(files[0])["latent_tensor"]
 
 
-def _wait_running(server, timeout=120):
+def _wait_running(server, timeout=120, proc=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if server.get("/queue")["queue_running"]:
             return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"runner exited ({proc.returncode}) before its prompt ran: {proc.communicate()}")
         time.sleep(0.05)
     raise AssertionError("prompt never started running")
 
@@ -65,9 +67,9 @@ def test_cli_ctrl_c_interrupts_and_server_keeps_serving(server, tiny, sample_cli
     wf = os.path.join(paths.REPO, "workflows", "api", "tdm_restore.json")
     proc = subprocess.Popen([sys.executable, "-m", "tr_cli", "run", sample_clip, "-w", wf, "--server", server.url,
                              "-o", str(out), "--checkpoint", tiny["checkpoint"], "--controlnet", tiny["controlnet"],
-                             "--set", "DDIM restore.steps=2000", "--quiet"],
+                             "--set", "DDIM restore.steps=1000", "--quiet"],
                             cwd=paths.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_running(server)
+    _wait_running(server, proc=proc)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

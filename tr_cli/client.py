@@ -79,7 +79,10 @@ class Client:
         return f"{info['subfolder']}/{info['name']}" if info.get("subfolder") else info["name"]
 
     def submit(self, prompt: dict) -> str:
-        answer = self.post_json("/prompt", {"prompt": prompt, "client_id": self.client_id})
+        try:
+            answer = self.post_json("/prompt", {"prompt": prompt, "client_id": self.client_id})
+        except RunnerError as e:
+            raise RunnerError(describe_rejection(str(e)), e.code) from None
         if "prompt_id" not in answer:
             raise RunnerError(f"prompt rejected: {answer}", EXIT_FAILED)
         return answer["prompt_id"]
@@ -113,6 +116,24 @@ class Client:
             return ws
         except Exception:
             return None
+
+
+def describe_rejection(text: str) -> str:
+    """ComfyUI's validation answer as one readable line: node, input and reason."""
+    body = text[text.find("{"):] if "{" in text else ""
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        return text
+    parts = []
+    for nid, err in (data.get("node_errors") or {}).items():
+        for e in err.get("errors", []):
+            name = e.get("extra_info", {}).get("input_name") or e.get("details", "")
+            parts.append(f"node {nid} ({err.get('class_type', '?')}) input '{name}': {e.get('message', '')}")
+    if not parts:
+        err = data.get("error", {})
+        parts.append(f"{err.get('message', 'rejected')} {err.get('details', '')}".strip())
+    return "workflow rejected by the server: " + "; ".join(parts)
 
 
 def free_port() -> int:
