@@ -47,8 +47,9 @@ DEFAULT_BLUR = 1.0
 
 
 def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of ``x [N,C,H,W]`` (reflect padding); identity when ``sigma <= 0``."""
-    if sigma <= 0:
+    """Separable Gaussian blur of ``x [N,C,H,W]`` (reflect padding); identity when ``sigma < 1e-3`` px
+    (the kernel is a delta to float precision there, and a sigma that underflows float32 would divide by 0)."""
+    if sigma < 1e-3:
         return x
     r = max(1, int(math.ceil(3 * sigma)))
     k = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
