@@ -26,6 +26,7 @@ import torch
 from comfy_api.latest import io
 
 from ..pipelines import ddim_inversion as di
+from ._checks import check_finite
 
 log = logging.getLogger("temporal_restore")
 
@@ -210,6 +211,7 @@ class DDIMInvert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent, steps, cfg, denoise, refine=0) -> io.NodeOutput:
+        check_finite(latent, "latent")
         return io.NodeOutput(invert(model, positive, negative, latent, steps, cfg, denoise, refine))
 
 

@@ -26,6 +26,7 @@ from comfy_api.latest import io
 
 from ..pipelines import distilled
 from ._patching import NAMESPACE
+from ._checks import check_sd15
 
 log = logging.getLogger("temporal_restore")
 
@@ -101,6 +102,7 @@ class DistilledSigmas(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, schedule, steps, denoise, original_steps=50) -> io.NodeOutput:
+        check_sd15(model, "model")
         return io.NodeOutput(distilled_sigmas(model, schedule, steps, denoise, original_steps))
 
 

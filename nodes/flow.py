@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..pipelines import flow as flowlib
 from ._types import FLOW
+from ._checks import check_finite
 
 log = logging.getLogger("temporal_restore")
 
@@ -62,6 +63,7 @@ class FlowEstimate(io.ComfyNode):
     @classmethod
     def execute(cls, images, backend="dis", dis_preset="medium", raft_weights="", keyframe_stride=8,
                 grid=GRIDS[0]) -> io.NodeOutput:
+        check_finite(images, "images")
         import comfy.model_management as mm
         import comfy.utils
 

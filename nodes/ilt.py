@@ -38,6 +38,7 @@ from comfy_api.latest import io
 
 from ..pipelines import ilt
 from ._patching import NAMESPACE
+from ._checks import check_finite, check_steps
 
 log = logging.getLogger("temporal_restore")
 
@@ -487,6 +488,9 @@ class ILTChunker(io.ComfyNode):
     def execute(cls, model, positive, negative, latent, seed, cfg, sampler_name, scheduler, steps, denoise,
                 window, overlap, mode, noise, carry_state, boundary_kv=0, sampler=None,
                 sigmas=None) -> io.NodeOutput:
+        check_finite(latent, "latent")
+        if sampler is None and sigmas is None:
+            check_steps(steps, "steps")
         sampler, sigmas = resolve_sampler(model, sampler, sigmas, sampler_name, scheduler, steps, denoise)
         if sigmas.shape[-1] <= 1:
             return io.NodeOutput(latent)

@@ -17,6 +17,7 @@ from ..pipelines import flow as flowlib
 from ..pipelines import latent_warp as lw
 from ._patching import NAMESPACE, clone_with_options, frame_index
 from ._types import FLOW
+from ._checks import check_finite
 
 log = logging.getLogger("temporal_restore")
 
@@ -80,6 +81,7 @@ def latent_warp_post_cfg(args):
     step, n_steps = lw.step_index(args["sigma"], to.get("sample_sigmas"))
     if not lw.active(step, n_steps, cfg.fraction):
         return denoised
+    check_finite(denoised, "latent")  # warping would smear a NaN across every frame it reaches
     frames = denoised.shape[0]
     idx = frame_index(to, frames)
     h, w = denoised.shape[-2:]

@@ -27,6 +27,7 @@ from comfy_api.latest import io
 from ..pipelines import recurrent_align
 from ._patching import clone_with_options, get_option
 from ._types import FLOW
+from ._checks import check_finite
 from .ilt import slice_conditioning
 
 log = logging.getLogger("temporal_restore")
@@ -190,6 +191,8 @@ class RecurrentRestore(io.ComfyNode):
     def execute(cls, model, positive, negative, sampler, sigmas, latent, images, noise_seed, cfg, strength,
                 photometric_tau, blur, group, control_strength, flow=None, control_net=None, vae=None,
                 noise=None) -> io.NodeOutput:
+        check_finite(latent, "latent")
+        check_finite(images, "images")
         out, conf = recurrent_sample(model, positive, negative, sampler, sigmas, latent, images, noise_seed, cfg,
                                      strength, flow=flow, tau=photometric_tau, blur=blur, control_net=control_net,
                                      vae=vae, control_strength=control_strength, noise=noise,

@@ -12,6 +12,8 @@ from comfy.cli_args import args
 from comfy_api.latest import io, ui
 from comfy_api.latest._util import VideoCodec, VideoContainer
 
+from ._checks import check_output_prefix
+
 log = logging.getLogger("temporal_restore")
 
 
@@ -48,6 +50,7 @@ class SaveVideoAtomic(io.ComfyNode):
 
     @classmethod
     def execute(cls, video, filename_prefix, format, codec) -> io.NodeOutput:
+        check_output_prefix(filename_prefix, "filename_prefix")
         width, height = video.get_dimensions()
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory(), width, height)

@@ -189,7 +189,10 @@ class TaskPromptControlNet(io.ComfyNode):
         import folder_paths
 
         text = task_prompt(task, custom_prompt)
-        path = folder_paths.get_full_path_or_raise("controlnet", control_net_name)
+        path = folder_paths.get_full_path("controlnet", control_net_name)
+        if path is None:
+            raise ValueError(f"control_net_name: no file {control_net_name!r} in ComfyUI's controlnet model folders "
+                             f"({', '.join(folder_paths.get_folder_paths('controlnet'))})")
         control_net = comfy.controlnet.load_controlnet(path)
         if control_net is None:
             raise ValueError(f"control_net_name: {control_net_name!r} is not a valid ControlNet file")

@@ -18,6 +18,7 @@ import torch
 from comfy_api.latest import io
 
 from ..pipelines import te3d_vae
+from ._checks import check_finite
 
 log = logging.getLogger("temporal_restore")
 
@@ -59,7 +60,11 @@ def build_decoder(vae, mode: str, kv_radius: int = 1, weights: str = "") -> te3d
         if weights:
             import safetensors.torch
 
-            te3d_vae.load_temporal_state_dict(model, safetensors.torch.load_file(weights), source="temporal_weights")
+            try:
+                state = safetensors.torch.load_file(weights)
+            except Exception as e:  # safetensors raises its own error types for garbage/empty files
+                raise ValueError(f"temporal_weights: {weights} is not a readable .safetensors file ({e})") from None
+            te3d_vae.load_temporal_state_dict(model, state, source="temporal_weights")
     p = next(dec2d.parameters())
     model = model.to(device=p.device, dtype=p.dtype).eval()
     _CACHE.clear()  # keep one decoder alive at most
@@ -126,6 +131,7 @@ class TE3DVAEDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, samples, vae, mode, chunk, overlap, kv_radius, temporal_weights="") -> io.NodeOutput:
+        check_finite(samples, "samples")
         img = te3d_decode(vae, samples["samples"], mode, chunk, overlap, kv_radius, (temporal_weights or "").strip())
         return io.NodeOutput(img)
 
