@@ -131,3 +131,46 @@ def test_server_killed_mid_save_leaves_no_finished_looking_file(tiny):
         assert finished == [], f"a killed save left finished-looking files: {finished}"
     finally:
         srv.stop()
+
+
+def _long_stage(tiny, stage):
+    """A prompt whose `stage` node runs long enough to be interrupted mid-way."""
+    g = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "remove the noise", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+    }
+    if stage == "inversion":
+        g["4"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 8}}
+        g["5"] = {"class_type": "TR_DDIMInvert", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                              "latent": ["4", 0], "steps": 1000, "cfg": 1.0, "denoise": 1.0, "refine": 0}}
+    elif stage == "chunking":
+        g["4"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 16}}
+        g["5"] = {"class_type": "TR_ILTChunker", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                              "latent": ["4", 0], "seed": 0, "cfg": 2.0, "sampler_name": "euler",
+                                                              "scheduler": "normal", "steps": 500, "denoise": 1.0, "window": 8,
+                                                              "overlap": 4, "mode": "sequential", "noise": "rescheduled",
+                                                              "carry_state": True}}
+    else:  # decoding
+        g["4"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 2000}}
+        g["5"] = {"class_type": "TR_TE3DVAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2], "mode": "te3d",
+                                                                 "chunk": 4, "overlap": 1, "kv_radius": 1, "temporal_weights": ""}}
+        g["6"] = {"class_type": "TR_VideoMetrics", "inputs": {"restored": ["5", 0], "window_starts": "", "filename_prefix": "intr/never"}}
+        return g
+    g["6"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"intr/{stage}"}}
+    return g
+
+
+@pytest.mark.parametrize("stage", ["inversion", "chunking", "decoding"])
+def test_interrupt_each_long_stage_then_fresh_equal_run(server, tiny, stage):
+    baseline = _latent(server, server.run(_graph(tiny, seed=21, prefix=f"intr/{stage}-base")))
+    long_id = server.submit(_long_stage(tiny, stage))
+    _wait_running(server)
+    time.sleep(1.5)
+    server.interrupt()
+    entry = server.wait(long_id, timeout=300)
+    assert entry["status"]["status_str"] == "error", f"{stage} finished before the interrupt: make it longer"
+    assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"]), entry["status"]
+    assert not server.output_files(entry), f"interrupted {stage} presented outputs"
+    again = _latent(server, server.run(_graph(tiny, seed=21, prefix=f"intr/{stage}-again")))
+    assert (again - baseline).abs().max().item() == 0.0, f"state left behind by the interrupted {stage}"
