@@ -43,6 +43,9 @@ class TokenMergeConfig:
         self.keyframe_mode, self.seed = keyframe_mode, int(seed)
         self.anneal_start, self.anneal_end, self.delta = float(anneal_start), float(anneal_end), float(delta)
         self.radius, self.down_blocks, self.up_blocks = float(radius), down_blocks, up_blocks
+        for name, pad in (("pad_bottom", pad_bottom), ("pad_right", pad_right)):
+            if int(pad) % 8:  # padding is removed on the 1/8 latent grid: a partial latent row cannot be
+                raise ValueError(f"{name}: expected a multiple of 8 pixels (the latent grid), got {pad}")
         self.pad_bottom, self.pad_right = int(pad_bottom), int(pad_right)
         self._windows, self._plans = {}, {}
         self._lock = threading.Lock()
