@@ -15,6 +15,7 @@ from ..pipelines import latent_warp as lw
 from ..pipelines import token_merge as tm
 from ._patching import chunk_layout, clone_with_options, frame_index, tr_options
 from ._types import FLOW
+from ._flow_window import flow_window
 
 log = logging.getLogger("temporal_restore")
 
@@ -59,21 +60,7 @@ class TokenMergeConfig:
         return tm.merge_ratio(step, self.ratio, self.anneal_start * n_steps, self.anneal_end * n_steps, self.delta)
 
     def flow_window(self, idx, h, w, device):
-        """The FLOW cut to the frames ``min(idx)..max(idx)``, on an ``h x w`` grid, on ``device``, and the
-        offset to subtract from absolute indices. Long clips: only the window is resampled and moved."""
-        lo, hi = min(idx), max(idx)
-        if hi >= self.flow.num_frames or lo < 0:
-            raise ValueError(f"flow: covers {self.flow.num_frames} frames but frame index {hi} is being sampled "
-                             "(connect the FLOW of the same clip)")
-        key = (lo, hi, h, w, str(device))
-        with self._lock:
-            hit = self._windows.get(key)
-            if hit is None:
-                if len(self._windows) >= 32:
-                    self._windows.pop(next(iter(self._windows)))
-                hit = self.flow.select(list(range(lo, hi + 1))).resized(h, w).to(device=device)
-                self._windows[key] = hit
-            return hit, lo
+        return flow_window(self, idx, h, w, device)
 
     @property
     def pending(self):

@@ -1,0 +1,23 @@
+"""The part of a FLOW a patch needs for the frames being sampled, resampled once and cached."""
+from __future__ import annotations
+
+CACHE_SIZE = 32
+
+
+def flow_window(holder, idx, h, w, device):
+    """``holder.flow`` cut to frames ``min(idx)..max(idx)``, on an ``h x w`` grid, on ``device``, and the offset
+    to subtract from absolute indices. Long clips: only the window is resampled and moved. ``holder`` has
+    ``flow`` (FlowField), ``_windows`` (dict, the cache) and ``_lock``."""
+    lo, hi = min(idx), max(idx)
+    if hi >= holder.flow.num_frames or lo < 0:
+        raise ValueError(f"flow: covers {holder.flow.num_frames} frames but frame index {hi} is being sampled "
+                         "(connect the FLOW of the same clip)")
+    key = (lo, hi, h, w, str(device))
+    with holder._lock:
+        hit = holder._windows.get(key)
+        if hit is None:
+            if len(holder._windows) >= CACHE_SIZE:
+                holder._windows.pop(next(iter(holder._windows)))
+            hit = holder.flow.select(list(range(lo, hi + 1))).resized(h, w).to(device=device)
+            holder._windows[key] = hit
+        return hit, lo
