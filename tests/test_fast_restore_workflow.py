@@ -72,7 +72,7 @@ def test_workflow_shape():
     prompt = _load()
     types = [n["class_type"] for n in prompt.values()]
     for t in ("LoadVideo", "GetVideoComponents", "VAEEncode", "ControlNetLoader", "TR_DistilledSampler",
-              "TR_DistilledSigmas", "TR_RecurrentRestore", "VAEDecode", "CreateVideo", "SaveVideo"):
+              "TR_DistilledSigmas", "TR_RecurrentRestore", "VAEDecode", "CreateVideo", "TR_SaveVideo"):
         assert t in types, t
     comps = next(k for k, n in prompt.items() if n["class_type"] == "GetVideoComponents")
     create = next(n for n in prompt.values() if n["class_type"] == "CreateVideo")

@@ -44,7 +44,7 @@ def test_workflow_shape():
     types = {n["class_type"] for n in prompt.values()}
     for t in ("LoadVideo", "GetVideoComponents", "TR_FlowEstimate", "VAEEncode", "ControlNetApplyAdvanced",
               "TR_SLRAttention", "TR_TCGuidance", "TR_NoiseShare", "TR_NoiseShareSampler", "TR_EarlyStop",
-              "SamplerCustomAdvanced", "VAEDecode", "CreateVideo", "SaveVideo"):
+              "SamplerCustomAdvanced", "VAEDecode", "CreateVideo", "TR_SaveVideo"):
         assert t in types, t
     create = next(n for n in prompt.values() if n["class_type"] == "CreateVideo")
     comps = next(k for k, n in prompt.items() if n["class_type"] == "GetVideoComponents")
