@@ -27,31 +27,21 @@ deterministic 8x8 area-pooled image (4 channels); the VAE is still used to decod
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMFY = os.environ.get("TR_COMFY_DIR", os.path.join(REPO, ".host", "ComfyUI"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _comfy  # noqa: E402
+
+REPO, COMFY = _comfy.REPO, _comfy.COMFY
 SAMPLE = os.path.join(REPO, "samples", "sample_clip.mp4")
 
 
 def _setup():
-    sys.path.insert(0, COMFY)
-    sys.path.insert(0, os.path.join(REPO, "tests"))
-    import comfy.options  # noqa: F401
-    from comfy.cli_args import args
-
-    args.cpu = True
-    if "temporal_restore" not in sys.modules:  # the pack as a package, without the repo on sys.path
-        spec = importlib.util.spec_from_file_location("temporal_restore", os.path.join(REPO, "__init__.py"),
-                                                      submodule_search_locations=[REPO])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["temporal_restore"] = mod
-        spec.loader.exec_module(mod)
+    _comfy.setup()
 
 
 def _clip(frames: int):

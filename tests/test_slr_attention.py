@@ -3,21 +3,13 @@ import pytest
 import torch
 
 from temporal_restore.pipelines import slr_attention as slr
-from temporal_restore.pipelines.flow import FlowField, fb_check
 from temporal_restore.pipelines.sw_cfa import sdpa_attention
+
+from flow_helpers import translation_flow
 
 
 def g(seed):
     return torch.Generator().manual_seed(seed)
-
-
-def translation_flow(T, h, w, dx, dy=0.0):
-    fwd = torch.zeros(T - 1, 2, h, w)
-    fwd[:, 0], fwd[:, 1] = dx, dy
-    bwd = -fwd
-    of, ob = fb_check(fwd, bwd), fb_check(bwd, fwd)
-    return FlowField(forward=fwd, backward=bwd, occlusion_fwd=of, occlusion_bwd=ob,
-                     confidence_fwd=1 - of, confidence_bwd=1 - ob, height=h, width=w)
 
 
 def test_identical_frames_equal_stock_attention():

@@ -3,21 +3,14 @@ import pytest
 import torch
 
 from temporal_restore.pipelines import tc_guidance as tc
-from temporal_restore.pipelines.flow import FlowField, fb_check, warp
+from temporal_restore.pipelines.flow import warp
 from temporal_restore.pipelines.slr_attention import latent_to_rgb
+
+from flow_helpers import translation_flow
 
 
 def g(seed):
     return torch.Generator().manual_seed(seed)
-
-
-def translation_flow(T, h, w, dx, dy=0.0):
-    fwd = torch.zeros(T - 1, 2, h, w)
-    fwd[:, 0], fwd[:, 1] = dx, dy
-    bwd = -fwd
-    of, ob = fb_check(fwd, bwd), fb_check(bwd, fwd)
-    return FlowField(forward=fwd, backward=bwd, occlusion_fwd=of, occlusion_bwd=ob,
-                     confidence_fwd=1 - of, confidence_bwd=1 - ob, height=h, width=w)
 
 
 def test_pc_loss_zero_for_consistent_motion_and_masks_occlusions():

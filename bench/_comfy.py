@@ -1,0 +1,22 @@
+"""Shared by the bench scripts: make the host ComfyUI and the pack (as package `temporal_restore`) importable."""
+import importlib.util
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMFY = os.environ.get("TR_COMFY_DIR", os.path.join(REPO, ".host", "ComfyUI"))
+
+
+def setup():
+    sys.path.insert(0, COMFY)
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import comfy.options  # noqa: F401
+    from comfy.cli_args import args
+
+    args.cpu = True
+    if "temporal_restore" not in sys.modules:  # the pack as a package, without the repo on sys.path
+        spec = importlib.util.spec_from_file_location("temporal_restore", os.path.join(REPO, "__init__.py"),
+                                                      submodule_search_locations=[REPO])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["temporal_restore"] = mod
+        spec.loader.exec_module(mod)
