@@ -177,7 +177,10 @@ def test_chunked_static_clip_equals_unchunked(comfy_host, tiny, mode, inference)
                                   sigmas, window=window, overlap=overlap, mode=mode)["samples"]
     assert out.shape == ref.shape == latent.shape
     assert (ref - latent).abs().max() > 1e-2  # the model really changed the latent
-    assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+    # the tiny VAE's latents reach ~1e2: batching windows instead of the whole clip changes float32 rounding
+    # at ~1e-7 of that scale, so the tolerance follows the magnitude (a real difference is > 1e-2)
+    tol = 1e-6 * float(ref.abs().max()) + 1e-5
+    assert (out - ref).abs().max() <= tol, ((out - ref).abs().max(), tol)
 
 
 def test_controlnet_hint_sliced_per_window_equals_unchunked(comfy_host, tiny, inference):
