@@ -38,8 +38,11 @@ TASK_PROMPTS = {
 DEMO_TASKS = ("denoise", "sr_x4", "derain", "deblur")
 
 # skimage.data images bundled with scikit-image (no download). Held out: the sample clip's images.
+# "motorcycle_left" / "motorcycle_right" are the two views of skimage.data.stereo_motorcycle() (bundled too).
 TRAIN_IMAGES = ("coffee", "chelsea", "immunohistochemistry", "hubble_deep_field", "retina", "colorwheel",
-                "camera", "brick", "grass", "gravel", "coins", "moon", "clock", "cell", "page")
+                "camera", "brick", "grass", "gravel", "coins", "moon", "clock", "cell", "page",
+                "motorcycle_left", "motorcycle_right")
+_STEREO = {"motorcycle_left": 0, "motorcycle_right": 1}
 HELDOUT_IMAGES = ("astronaut", "rocket")
 
 # ---------------------------------------------------------------------------------------------- demo spec
@@ -70,12 +73,12 @@ SD15_SCALE_FACTOR = 0.18215  # comfy.latent_formats.SD15
 
 # ---------------------------------------------------------------------------------------------- images
 def load_image(name: str) -> np.ndarray:
-    """``skimage.data.<name>()`` as float32 RGB ``[H, W, 3]`` in 0..1 (grey images repeated, alpha dropped)."""
+    """``skimage.data.<name>()`` (or a view of ``stereo_motorcycle()``) as float32 RGB ``[H, W, 3]`` in 0..1 (grey images repeated, alpha dropped)."""
     try:
         from skimage import data
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("training images come from scikit-image: pip install scikit-image") from e
-    img = np.asarray(getattr(data, name)())
+    img = np.asarray(data.stereo_motorcycle()[_STEREO[name]] if name in _STEREO else getattr(data, name)())
     img = img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else max(float(img.max()), 1e-12))
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
@@ -147,6 +150,35 @@ def task_pairs(clean: torch.Tensor, tasks, seed: int) -> tuple[torch.Tensor, lis
         for i in idx:  # per-crop seeds: derain/dehaze draw one pattern per call
             out[i] = degraded_input(clean[i:i + 1], t, seed=seed * 100003 + i)[0]
     return out, names
+
+
+def prompt_pairs(clean: torch.Tensor, tasks, seed: int, off_task: float = 0.25
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Task Prompt Guidance training triples (TDM §2.2) in which the prompt is needed, not implied by the hint.
+
+    Every crop of ``clean [N, H, W, 3]`` is degraded with a task assigned round-robin (as ``task_pairs``).
+    A seeded fraction ``off_task`` of the crops is paired with a prompt that does **not** name its
+    degradation (half of them the empty prompt, half another task's prompt) and with the degraded crop
+    itself as target: the prompt says what to remove, a degradation it does not name is left as it is.
+    The other crops are the usual (degraded, clean, task prompt) pairs. With single-task pairs only, the
+    degraded hint already tells which task it is and the prompt is redundant (the model learns to ignore it).
+
+    Returns ``(degraded [N, H, W, 3], target [N, H, W, 3], prompts list[str])``."""
+    if not 0.0 <= float(off_task) < 1.0:
+        raise ValueError(f"off_task: expected a fraction in [0, 1), got {off_task!r}")
+    tasks = list(tasks)
+    degraded, names = task_pairs(clean, tasks, seed)
+    target = clean.clone()
+    prompts = [TASK_PROMPTS[n] for n in names]
+    g = torch.Generator().manual_seed(int(seed) * 7919 + 17)
+    for i, n in enumerate(names):
+        u, v, w = (float(x) for x in torch.rand(3, generator=g))
+        if u >= off_task:
+            continue
+        others = [TASK_PROMPTS[t] for t in tasks if t != n]
+        prompts[i] = "" if (v < 0.5 or not others) else others[min(int(w * len(others)), len(others) - 1)]
+        target[i] = degraded[i]
+    return degraded, target, prompts
 
 
 # ---------------------------------------------------------------------------------------------- schedule

@@ -1,23 +1,29 @@
 """Train the pack's embedded demo model (models/demo/) on the CPU, reproducibly, in resumable pieces.
 
-    .venv/bin/python scripts/train_demo_model.py --minutes 9        # repeat until it prints "all stages done"
+    .venv/bin/python scripts/train_demo_model.py --minutes 60       # ~45 min on 2 shared cores; or repeat a
+                                                                    # shorter run until it prints "all stages done"
     .venv/bin/python scripts/train_demo_model.py --stage eval       # figures on the held-out images
 
 Stages (state in --work, default out/demo_train/; every stage resumes where it stopped and is skipped
 once its step count is reached; batches are drawn from generators seeded by (seed, stage, step), so the
 result depends on the step counts, not on where a run was interrupted):
 
-1. ``data``: 64x64 crops of the training images (pipelines.train_tasks.TRAIN_IMAGES, skimage.data),
-   held-out images (the sample clip's astronaut and rocket) never used.
-2. ``vae``: a small KL autoencoder (LDM Encoder/Decoder, ch 32, x8, 4 latent channels) trained as a plain
-   autoencoder (L1 + MSE, small latent-norm penalty) on 32x32 sub-crops; then its latent is centred and
-   scaled per channel (folded into quant_conv / post_quant_conv) so the UNet sees unit-variance latents
-   with SD1.5's scale factor.
+1. ``data``: 64x64 crops of the training images (pipelines.train_tasks.TRAIN_IMAGES: skimage.data images
+   bundled with scikit-image, incl. both views of stereo_motorcycle) with their TPG training triples
+   (pipelines.train_tasks.prompt_pairs: degraded hint, target, prompt; a quarter of them "off-task": a
+   prompt not naming the degradation, target = the unchanged input), and a larger pool of 48x48 crops for
+   the VAE. The held-out images (the sample clip's astronaut and rocket) are never trained on.
+2. ``vae``: the TAESD-shaped autoencoder ComfyUI recognises by its keys (``taesd_encoder.*`` /
+   ``taesd_decoder.*``, 64 channels, x8, 4 latent channels; ComfyUI 0.3.75 reads no width from the keys of
+   an LDM AutoencoderKL, which is fixed at SD's 128-channel size), started as a linear x8 codec and trained
+   as a plain autoencoder (MSE + L1) on 32x32 sub-crops; its held-out round-trip PSNR is printed as it
+   trains (monitoring only). Then vae_scale / vae_shift are set so the UNet sees unit-variance latents with
+   SD1.5's scale factor.
 3. ``unet``: the base UNet (SD1.5 layout, 32 channels), eps-prediction on clean latents, empty prompt.
 4. ``controlnet``: the task-prompt ControlNet (TDM §2.2), initialised from the UNet encoder, trained on
-   (degraded, clean) pairs with the task name as prompt; hint = degraded image at full size. For the
-   demo the UNet is fine-tuned with it (--train-unet, default on) and the loss is x0-weighted: both make
-   a 32-channel model converge in minutes on a CPU (TDM freezes its SD1.5 base).
+   the TPG triples; hint = degraded image at full size. For the demo the UNet is fine-tuned with it
+   (--train-unet, default on) and the loss is x0-weighted: both make a 32-channel model converge in
+   minutes on a CPU (TDM freezes its SD1.5 base).
 5. ``export``: fp16 safetensors in models/demo/ (checkpoint layout + control_model.* layout).
 
 The learning rates are far above the generic 1e-5 of scripts/train_controlnet.py: the demo model is
@@ -142,10 +148,14 @@ def stage_data(a, tt):
         return torch.load(path, weights_only=False)
     imgs = tt.load_images(tt.TRAIN_IMAGES)
     clean = tt.random_crops(imgs, a.crops, 64, seed=a.seed)
-    degraded, tasks = tt.task_pairs(clean, tt.DEMO_TASKS, seed=a.seed + 1)
-    data = {"clean": clean, "degraded": degraded, "tasks": tasks}
+    degraded, target, prompts = tt.prompt_pairs(clean, tt.DEMO_TASKS, seed=a.seed + 1, off_task=a.off_task)
+    # the VAE's own, larger pool of smaller crops (it trains on sub-crops of these)
+    vae_pool = tt.random_crops(imgs, a.vae_crops, a.vae_pool_size, seed=a.seed + 2)
+    data = {"clean": clean, "degraded": degraded, "target": target, "prompts": prompts,
+            "vae_pool": vae_pool.permute(0, 3, 1, 2).contiguous()}
     torch.save(data, path)
-    print(f"[data] {clean.shape[0]} crops 64x64 from {len(imgs)} images, tasks {tt.DEMO_TASKS}")
+    print(f"[data] {clean.shape[0]} crops 64x64 + {vae_pool.shape[0]} VAE crops {a.vae_pool_size}x{a.vae_pool_size} "
+          f"from {len(imgs)} images, tasks {tt.DEMO_TASKS}, off-task prompts {a.off_task:.0%}")
     return data
 
 
@@ -206,21 +216,29 @@ def stage_vae(a, tt, arch, data, deadline):
     vae = arch.raw_vae()
     init_vae_linear(vae, a.seed + 10)
     vae.train()
-    frozen = [vae.taesd_encoder[1], vae.taesd_decoder[18]]
+    frozen = [] if a.vae_full_res else [vae.taesd_encoder[1], vae.taesd_decoder[18]]
     params = [p for n, p in vae.named_parameters() if not n.startswith("vae_")
               and not any(p is q for m in frozen for q in m.parameters())]
     st = Stage(os.path.join(a.work, "vae.pt"), params, a.vae_lr)
     st.load({"vae": vae})
     if st.step >= a.vae_steps:
         return vae, True
-    clean = data["clean"].permute(0, 3, 1, 2)
+    pool = data["vae_pool"]
+    span = (pool.shape[-1] - a.vae_crop) // 8 + 1
+
+    held = heldout_frames(tt).permute(0, 3, 1, 2)
 
     def step(i):
+        if i % a.vae_monitor == 0:  # held-out reconstruction PSNR, printed only (never trained on)
+            with torch.no_grad():
+                rec = vae_forward(vae, held, frozen_full_res=not a.vae_full_res)[1].clamp(0, 1)
+            mse = float(((rec - held) ** 2).mean())
+            print(f"\n[vae] step {i}: held-out round trip {10 * math.log10(1 / max(mse, 1e-12)):.2f} dB", flush=True)
         g = torch.Generator().manual_seed(a.seed * 7919 + 1000 + i)
-        idx = torch.randint(clean.shape[0], (a.vae_batch,), generator=g)
-        oy, ox = (int(v) * 8 for v in torch.randint(0, 5, (2,), generator=g))
-        x = clean[idx, :, oy:oy + 32, ox:ox + 32]
-        z, rec = vae_forward(vae, x)
+        idx = torch.randint(pool.shape[0], (a.vae_batch,), generator=g)
+        oy, ox = (int(v) * 8 for v in torch.randint(0, span, (2,), generator=g))
+        x = pool[idx, :, oy:oy + a.vae_crop, ox:ox + a.vae_crop]
+        z, rec = vae_forward(vae, x, frozen_full_res=not a.vae_full_res)
         return F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
 
     done = run_loop(st, {"vae": vae}, a.vae_steps, a.vae_lr, deadline, step, "vae")
@@ -331,6 +349,8 @@ def control_forward(unet, cn, xc, t, ctx, hint):
 
 
 def stage_controlnet(a, tt, arch, unet, lat, hints, ctx, deadline):
+    """``lat``: target latents (clean, or the degraded crop itself for off-task prompts), ``hints`` the
+    degraded crops, ``ctx`` the prompt embeddings, one per crop (pipelines.train_tasks.prompt_pairs)."""
     make_control_trainable(unet)
     cn = arch.raw_controlnet()
     init_params(cn, a.seed + 40)
@@ -434,6 +454,9 @@ def stage_eval(a, tt, arch, vae, unet, cn, ctx_by_task):
             img = decode(vae, out / tt.SD15_SCALE_FACTOR)
             res[f"{task}_psnr_d{dn}"] = metrics.psnr(img, clean)
         res[f"{task}_input_psnr"] = metrics.psnr(deg, clean)
+        # TPG ablation: the same input with the empty prompt (the model was taught to leave it unchanged)
+        out = restore_latents(tt, unet, cn, z, hint, ctx_by_task[""], denoise=0.3)
+        res[f"{task}_psnr_d0.3_empty_prompt"] = metrics.psnr(decode(vae, out / tt.SD15_SCALE_FACTOR), clean)
     print(json.dumps({k: round(v, 3) for k, v in res.items()}, indent=1))
     return res
 
@@ -446,13 +469,20 @@ def main(argv=None):
     ap.add_argument("--work", default=os.path.join(REPO, "out", "demo_train"))
     ap.add_argument("--out", default=os.path.join(REPO, "models", "demo"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--crops", type=int, default=2048)
-    ap.add_argument("--vae-steps", type=int, default=1200)
+    ap.add_argument("--crops", type=int, default=4096)
+    ap.add_argument("--off-task", type=float, default=0.25,
+                    help="fraction of ControlNet pairs with a prompt not naming their degradation, target unchanged")
+    ap.add_argument("--vae-crops", type=int, default=8192)
+    ap.add_argument("--vae-pool-size", type=int, default=48)
+    ap.add_argument("--vae-crop", type=int, default=32)
+    ap.add_argument("--vae-full-res", type=int, default=0, help="also train the full-resolution Blocks (slower)")
+    ap.add_argument("--vae-monitor", type=int, default=250, help="print the held-out VAE PSNR every N steps")
+    ap.add_argument("--vae-steps", type=int, default=3000)
     ap.add_argument("--vae-batch", type=int, default=8)
     ap.add_argument("--vae-lr", type=float, default=8e-4)
     ap.add_argument("--unet-steps", type=int, default=150)
     ap.add_argument("--unet-lr", type=float, default=1e-3)
-    ap.add_argument("--cn-steps", type=int, default=400)
+    ap.add_argument("--cn-steps", type=int, default=1000)
     ap.add_argument("--cn-lr", type=float, default=5e-4)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--weighting", default="x0", choices=["x0", "eps"])
@@ -480,6 +510,10 @@ def main(argv=None):
     clip_sd = clip_state(arch, a)
     prompts = [""] + [tt.TASK_PROMPTS[t] for t in tt.DEMO_TASKS]
     emb = encode_prompts(arch, clip_sd, prompts)
+    tgt_path = os.path.join(a.work, "target_latents.pt")
+    if not os.path.exists(tgt_path):
+        torch.save(encode(vae, data["target"]) * tt.SD15_SCALE_FACTOR, tgt_path)
+    tgt = torch.load(tgt_path, weights_only=False)
     lat_path = os.path.join(a.work, "latents.pt")
     if not os.path.exists(lat_path):
         torch.save(encode(vae, data["clean"]) * tt.SD15_SCALE_FACTOR, lat_path)
@@ -488,11 +522,11 @@ def main(argv=None):
     unet, done = stage_unet(a, tt, arch, lat, emb[""], deadline)
     if not done:
         return print("unet: not finished, run again to resume")
-    ctx = torch.cat([emb[tt.TASK_PROMPTS[t]] for t in data["tasks"]])
+    ctx = torch.cat([emb[p] for p in data["prompts"]])
     hints = data["degraded"].permute(0, 3, 1, 2).contiguous()
-    cn, unet, done = stage_controlnet(a, tt, arch, unet, lat, hints, ctx, deadline)
+    cn, unet, done = stage_controlnet(a, tt, arch, unet, tgt, hints, ctx, deadline)
     if a.stage == "eval":
-        return stage_eval(a, tt, arch, vae, unet, cn, {t: emb[tt.TASK_PROMPTS[t]] for t in tt.DEMO_TASKS})
+        return stage_eval(a, tt, arch, vae, unet, cn, {"": emb[""], **{t: emb[tt.TASK_PROMPTS[t]] for t in tt.DEMO_TASKS}})
     if not done and a.stage != "export":
         return print("controlnet: not finished, run again to resume")
     export(a, arch, vae, clip_sd, unet, cn)

@@ -141,15 +141,15 @@ def test_denoise_improves_heldout_clip(figures):
     assert f["restored"] > f["input"] + 1.0, f
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 target not reached yet: the demo VAE (TAESD-shaped, a few CPU "
-                                       "minutes of training) caps PSNR at ~22 dB on this clip; see models/demo/README.md")
+@pytest.mark.xfail(strict=True, reason="issue 9 target not reached yet: the demo VAE (TAESD-shaped, 3000 CPU "
+                                       "steps) caps PSNR at ~22.9 dB on this clip; see models/demo/README.md")
 def test_issue_target_denoise_gain_4db(figures):
     f = figures["denoise"]
     assert f["restored"] >= f["input"] + 4.0, f
 
 
 @pytest.mark.xfail(strict=True, reason="issue 9 target not reached yet: x4 SR through the demo VAE stays below "
-                                       "bicubic (VAE ceiling); see models/demo/README.md")
+                                       "bicubic (VAE ceiling ~22.9 dB < bicubic 24.3 dB); see models/demo/README.md")
 def test_issue_target_sr_beats_bicubic(figures):
     f = figures["sr_x4"]
     assert f["restored"] > f["input"], f

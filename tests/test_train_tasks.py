@@ -70,3 +70,28 @@ def test_heldout_images_never_in_training():
     assert clip.shape == (3, 32, 32, 3) and not torch.equal(clip[0], clip[1])
     with pytest.raises(ValueError, match="name"):
         tt.heldout_clip("coffee")
+
+
+def test_prompt_pairs_off_task_targets_are_unchanged_inputs():
+    """TPG with off-task prompts: a pair whose prompt does not name its degradation has the degraded crop as
+    target; the others are (degraded, clean, the task's prompt) pairs."""
+    clean = tt.random_crops(_images(), 24, 16, seed=0)
+    deg, target, prompts = tt.prompt_pairs(clean, ["denoise", "deblur"], seed=5, off_task=0.5)
+    ref_deg, names = tt.task_pairs(clean, ["denoise", "deblur"], seed=5)
+    assert torch.equal(deg, ref_deg) and len(prompts) == 24
+    off = [i for i, (p, n) in enumerate(zip(prompts, names)) if p != tt.TASK_PROMPTS[n]]
+    assert 4 <= len(off) <= 20  # about half, seeded
+    assert any(prompts[i] == "" for i in off) and any(prompts[i] in tt.TASK_PROMPTS.values() for i in off)
+    for i in range(24):
+        assert torch.equal(target[i], deg[i] if i in off else clean[i]), i
+    again = tt.prompt_pairs(clean, ["denoise", "deblur"], seed=5, off_task=0.5)
+    assert again[2] == prompts and torch.equal(again[1], target)
+    assert tt.prompt_pairs(clean, ["denoise"], seed=5, off_task=0.0)[2] == [tt.TASK_PROMPTS["denoise"]] * 24
+    with pytest.raises(ValueError, match="off_task"):
+        tt.prompt_pairs(clean, ["denoise"], seed=5, off_task=1.0)
+
+
+def test_stereo_training_images_are_bundled():
+    img = tt.load_image("motorcycle_left")
+    assert img.shape == (500, 741, 3) and img.dtype.name == "float32" and 0.0 <= img.min() and img.max() <= 1.0
+    assert not (img == tt.load_image("motorcycle_right")).all()
