@@ -4,7 +4,9 @@ Shapes are SD1.5-like attn1 calls: 16 frames, 8 heads, 4096 tokens x 320 channel
 first level) and 1024 tokens x 640 channels (second level). Stock = torch SDPA attention the way
 ComfyUI's ``attention_pytorch`` calls it. Runs are interleaved; the ratio of the minima (least
 disturbed by other processes on a shared machine) and of the medians are both printed, plus the
-averaging alone (``window_mean_only``: both K and V) as a fraction of stock attention.
+averaging alone (``window_mean_only``: both K and V) as a fraction of stock attention, and the ratio for
+the whole attn1 layer (q/k/v/out projections + attention, what a UNet step pays; the projections are
+the same for both, so this ratio is the smaller one).
 
     .venv/bin/python bench/bench_sw_cfa.py [--repeats 5] [--frames 16] [--quick] [--all-modes]
 """
@@ -68,6 +70,16 @@ def main():
         }
         if args.all_modes:
             runs["first_frame"] = lambda: sw_cfa.sw_cfa_attention(q, k, v, args.heads, n_chunks=1, mode="first_frame")
+        # the whole attn1 layer as the UNet runs it (SD1.5: to_q/to_k/to_v without bias, to_out with bias)
+        proj = [torch.nn.Linear(ch, ch, bias=False) for _ in range(3)] + [torch.nn.Linear(ch, ch)]
+        x = torch.randn(args.frames, tokens, ch)
+
+        def layer(attn):
+            return lambda: proj[3](attn(proj[0](x), proj[1](x), proj[2](x)))
+
+        runs["layer_stock"] = layer(lambda q_, k_, v_: sw_cfa.sdpa_attention(q_, k_, v_, args.heads))
+        runs["layer_sw_cfa"] = layer(lambda q_, k_, v_: sw_cfa.sw_cfa_attention(q_, k_, v_, args.heads, n_chunks=1,
+                                                                               mode="sw_cfa", radius=args.radius))
         with torch.inference_mode():
             stock(); [f() for f in runs.values()]  # warm-up
             times = {"stock": []} | {name: [] for name in runs}
@@ -79,9 +91,13 @@ def main():
         best = {name: min(ts) for name, ts in times.items()}
         print(f"\n{tokens} tokens x {ch} channels: stock SDPA min {best['stock'] * 1e3:.1f} ms, "
               f"median {med['stock'] * 1e3:.1f} ms")
-        for name in runs:
+        for name in [n for n in runs if not n.startswith("layer_")]:
             print(f"  {name:17s} min {best[name] * 1e3:8.1f} ms  ratio {best[name] / best['stock']:.3f}   "
                   f"median {med[name] * 1e3:8.1f} ms  ratio {med[name] / med['stock']:.3f}")
+        print(f"  attn1 layer (projections + attention): sw_cfa / stock  min ratio "
+              f"{best['layer_sw_cfa'] / best['layer_stock']:.3f}   median ratio "
+              f"{med['layer_sw_cfa'] / med['layer_stock']:.3f}")
+
 
 if __name__ == "__main__":
     main()
