@@ -1,0 +1,43 @@
+"""Comfy Registry readiness: pyproject metadata complete, runtime deps only, the icon it names is in the repo."""
+from __future__ import annotations
+
+import os
+import tomllib
+
+from PIL import Image
+
+from harness import paths
+
+REPO_URL = "https://github.com/temporal-restore/comfyui-temporal-restore"
+RAW_PREFIX = "https://raw.githubusercontent.com/temporal-restore/comfyui-temporal-restore/main/"
+
+
+def _pyproject():
+    with open(os.path.join(paths.REPO, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def test_project_and_comfy_metadata_complete():
+    data = _pyproject()
+    project, comfy = data["project"], data["tool"]["comfy"]
+    for key in ("name", "description", "version", "license", "readme"):
+        assert project.get(key), f"[project].{key} missing"
+    assert project["urls"]["Repository"] == REPO_URL
+    for key in ("PublisherId", "DisplayName", "Icon", "requires-comfyui"):
+        assert comfy.get(key), f"[tool.comfy].{key} missing"
+    assert comfy["requires-comfyui"].startswith(">=")
+
+
+def test_runtime_dependencies_never_pin_torch():
+    deps = _pyproject()["project"]["dependencies"]
+    assert not [d for d in deps if d.split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower()
+                in ("torch", "torchvision", "torchaudio")], deps
+
+
+def test_icon_is_a_square_png_shipped_in_the_repo():
+    icon = _pyproject()["tool"]["comfy"]["Icon"]
+    assert icon.startswith(RAW_PREFIX), icon
+    path = os.path.join(paths.REPO, icon[len(RAW_PREFIX):])
+    assert os.path.isfile(path), f"Icon points at {icon} but {path} is not in the repository"
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width == im.height and im.width <= 400, (im.format, im.size)
