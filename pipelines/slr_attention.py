@@ -44,6 +44,7 @@ Tensor layout: ``q, k, v [F, N, H*D]`` for ONE chunk (cond or uncond) of ``F`` f
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Callable, Hashable, Optional, Sequence
@@ -146,8 +147,11 @@ def preview_flow(rgb: Tensor, min_side: int = 32, preset: str = "ultrafast") -> 
 # Stage 2: self-corrected trajectories (Eq. 6) and trajectory attention (Eq. 7)
 # --------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=32)
 def _grid(h: int, w: int, device) -> tuple[Tensor, Tensor]:
-    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    """Token coordinates ``(xs, ys)`` ``[h, w]`` (cached: called per offset and candidate; never mutated)."""
+    with torch.inference_mode(False):  # a cached inference tensor would be refused later outside inference mode
+        ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     return xs, ys
 
 
@@ -176,22 +180,23 @@ def similarity_displacement(src: Tensor, tgt: Tensor, h: int, w: int, radius: in
     P, N, C = src.shape
     if N != h * w:
         raise ValueError(f"features: expected {h}x{w}={h * w} tokens, got {N}")
-    s = F.normalize(src.float(), dim=-1)
-    t = F.normalize(tgt.float(), dim=-1)
+    s = F.normalize(src.float(), dim=-1).transpose(1, 2).reshape(P, C, h, w)
+    # border clamping of p + offset == reading a replicate-padded grid: shifted views, no gathers
+    t = F.pad(F.normalize(tgt.float(), dim=-1).transpose(1, 2).reshape(P, C, h, w),
+              (radius, radius, radius, radius), mode="replicate")
     offsets = sorted(((dx, dy) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)),
                      key=lambda o: (o[0] ** 2 + o[1] ** 2, o))
-    zero = torch.zeros(P, 2, h, w, dtype=torch.long, device=src.device)
-    best = torch.full((P, N), -float("inf"), device=src.device)
-    best_o = torch.zeros(P, N, dtype=torch.long, device=src.device)
+    best = torch.full((P, h, w), -float("inf"), device=src.device)
+    best_o = torch.zeros(P, h, w, dtype=torch.long, device=src.device)
+    prod = torch.empty_like(s)
     for n, (dx, dy) in enumerate(offsets):
-        idx = _flat_target(zero[:1], dx, dy)[0]  # [N]
-        sim = (s * t[:, idx]).sum(-1)  # [P,N]
+        view = t[:, :, radius + dy:radius + dy + h, radius + dx:radius + dx + w]
+        sim = torch.mul(s, view, out=prod).sum(1)  # [P,h,w]
         better = sim > best
         best = torch.where(better, sim, best)
-        best_o = torch.where(better, torch.full_like(best_o, n), best_o)
+        best_o.masked_fill_(better, n)
     off = torch.tensor(offsets, dtype=torch.long, device=src.device)  # [K,2]
-    d = off[best_o]  # [P,N,2]
-    disp = d.permute(0, 2, 1).reshape(P, 2, h, w)
+    disp = off[best_o].permute(0, 3, 1, 2)  # [P,2,h,w]
     return round_displacement(disp.float())  # clamp into the frame
 
 
