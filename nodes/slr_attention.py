@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from comfy_api.latest import io
 
 from ..pipelines import slr_attention as slr
@@ -92,13 +91,10 @@ class SLRPatch:
             def attention(q_, k_, v_, h_):
                 return optimized_attention(q_, k_, v_, h_, attn_precision=precision)
         self.state.attention = attention
-        labels = list(extra_options.get("cond_or_uncond") or [0])
-        outs = []
-        for c in range(n_chunks):
-            sl = slice(c * frames, (c + 1) * frames)
-            outs.append(self.state(q[sl], k[sl], v[sl], heads, idx, chunk=labels[c] if c < len(labels) else c,
-                                   hw=hw, progress=progress if progress is not None else 0.0, largest=largest))
-        return outs[0] if n_chunks == 1 else torch.cat(outs, 0)
+        given = list(extra_options.get("cond_or_uncond") or [0])
+        labels = [given[c] if c < len(given) else c for c in range(n_chunks)]
+        return self.state(q, k, v, heads, idx, chunk=labels, hw=hw,
+                          progress=progress if progress is not None else 0.0, largest=largest)
 
 
 class X0Recorder:

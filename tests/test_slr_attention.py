@@ -32,6 +32,21 @@ def test_single_frame_is_self_attention_and_different_frames_differ():
     torch.testing.assert_close(out[1:2], ref1)
 
 
+def test_cfg_chunks_and_frame_groups_match_per_chunk_attention(monkeypatch):
+    """Two CFG chunks in one batch: each frame's neighbours come from its own chunk, and splitting the
+    attention into small frame groups (the cache budget) changes nothing."""
+    F_, N, C, heads = 5, 12, 8, 2
+    q, k, v = (torch.randn(2 * F_, N, C, generator=g(50 + i)) for i in range(3))
+    idx = [3, 4, 5, 7, 8]
+    per_chunk = torch.cat([slr.cross_neighbour_attention(q[s], k[s], v[s], heads, idx)
+                           for s in (slice(0, F_), slice(F_, 2 * F_))])
+    torch.testing.assert_close(slr.cross_neighbour_attention(q, k, v, heads, idx, chunks=2), per_chunk)
+    monkeypatch.setattr(slr, "SCORE_BUDGET", heads * N * 2 * N * 3)  # groups of 3 frames across the chunk seam
+    torch.testing.assert_close(slr.cross_neighbour_attention(q, k, v, heads, idx, chunks=2), per_chunk)
+    with pytest.raises(ValueError, match="chunks"):
+        slr.cross_neighbour_attention(q, k, v, heads, idx, chunks=3)
+
+
 def test_neighbour_positions_respect_absolute_indices():
     prev, nxt = slr.neighbour_positions([4, 5, 7, 8])
     assert prev == [0, 0, 2, 2]   # 4 has no 3 in the batch; 7 has no 6
