@@ -1,15 +1,12 @@
-"""TDM ablation table (issue 9 / TDM Table 4) on a clip with ground truth, printed as markdown.
+"""Ablation tables (issue 9; TDM Table 4, ZVRD Table 5, DiffIR2VR-Zero Table 2 style) on a clip with ground
+truth, one markdown table per task.
 
-    .venv/bin/python scripts/evaluate.py                       # demo model, bundled sample clip, denoise
-    .venv/bin/python scripts/evaluate.py --task sr_x4 --frames 8 --out out/ablation.md
+    .venv/bin/python scripts/evaluate.py                       # demo model, bundled sample clip, denoise, all rows
+    .venv/bin/python scripts/evaluate.py --tasks all --frames 8 --out out/ablation.md
+    .venv/bin/python scripts/evaluate.py --tasks sr_x4 --groups tdm,zvrd
 
-Rows (all with the same model, ControlNet hint = the degraded frames, cfg 1):
-  input            the degraded clip itself
-  per-frame        img2img from the degraded latent with independent noise per frame (DDIM sampler)
-  +DDIM inversion  the noise comes from DDIM-inverting the degraded latent (TDM Eq. 4) instead
-  +SW-CFA          per-frame noise, Sliding-Window Cross-Frame Attention (radius 3)
-  TDM full         task prompt + DDIM inversion + SW-CFA
-  TDM w/o prompt   TDM full with an empty prompt instead of the task prompt (TPG ablation)
+Rows: the degraded input, then the configurations of ``scripts/eval_configs.py`` (groups tdm, zvrd,
+diffir2vr, distilled; all with the same model, ControlNet hint = the degraded frames, cfg 1).
 Columns: PSNR / SSIM against the clean clip, warping error (with the clip's true flow), flicker, seconds per
 frame. Model: the embedded demo model (models/demo/) unless --checkpoint/--controlnet name an SD1.5 pair.
 """
@@ -19,11 +16,13 @@ import argparse
 import os
 import sys
 import time
+import types
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_demo_model as common  # noqa: E402
+from eval_configs import GROUPS  # noqa: E402
 
 REPO = common.REPO
 
@@ -53,57 +52,43 @@ def load_models(a, arch):
 def run(a):
     tt, arch = common.setup()
     torch.set_num_threads(a.threads)
-    import comfy.sample
-    from temporal_restore.nodes import ddim_invert, sw_cfa, task_prompt
+    import eval_configs
     from temporal_restore.pipelines import metrics
 
     clean, flow = load_clip(a)
-    degraded = tt.degraded_input(clean, a.task, seed=a.seed)
     model, clip, vae, control = load_models(a, arch)
-    enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
-    latent = {"samples": vae.encode(degraded)}
+    groups = [g.strip() for g in a.groups.split(",") if g.strip()]
+    tasks = list(tt.DEMO_TASKS) if a.tasks == "all" else [t.strip() for t in a.tasks.split(",") if t.strip()]
+    for t in tasks:
+        if t not in tt.TASK_PROMPTS:
+            raise SystemExit(f"--tasks: expected names from {sorted(tt.TASK_PROMPTS)} or 'all', got {t!r}")
+    texts = []
+    for task in tasks:
+        degraded = tt.degraded_input(clean, task, seed=a.seed)
+        ctx = types.SimpleNamespace(model=model, clip=clip, vae=vae, control=control, degraded=degraded,
+                                    latent=vae.encode(degraded), task=task, steps=a.steps, denoise=a.denoise,
+                                    seed=a.seed, radius=a.radius, tt=tt)
+        table = []
 
-    def conds(prompt):
-        return task_prompt.apply_controlnet(enc(prompt), enc(""), control, degraded, 1.0, 0.0, 1.0)
+        def measure(name, frames, secs):
+            m = metrics.video_metrics(frames, reference=clean, flow=flow)
+            table.append((name, m["psnr"], m["ssim"], m["warping_error"], m["flicker"], secs))
 
-    def per_frame(m, pos, neg):
-        noise = comfy.sample.prepare_noise(latent["samples"], a.seed)
-        return comfy.sample.sample(m, noise, a.steps, 1.0, "ddim", "normal", pos, neg, latent["samples"],
-                                   denoise=a.denoise, seed=a.seed, disable_pbar=True)
-
-    def inverted(m, pos, neg):
-        inv = ddim_invert.invert(m, pos, neg, latent, a.steps, 1.0, a.denoise)
-        return ddim_invert.restore(m, pos, neg, inv, a.steps, 1.0)["samples"]
-
-    prompt = tt.TASK_PROMPTS[a.task]
-    swm = sw_cfa.install_sw_cfa(model, "sw_cfa", a.radius)
-    rows = [
-        ("per-frame", lambda: per_frame(model, *conds(prompt))),
-        ("+DDIM inversion", lambda: inverted(model, *conds(prompt))),
-        ("+SW-CFA", lambda: per_frame(swm, *conds(prompt))),
-        ("TDM full", lambda: inverted(swm, *conds(prompt))),
-        ("TDM w/o task prompt", lambda: inverted(swm, *conds(""))),
-    ]
-    table = []
-
-    def measure(name, frames, secs):
-        m = metrics.video_metrics(frames, reference=clean, flow=flow)
-        table.append((name, m["psnr"], m["ssim"], m["warping_error"], m["flicker"], secs))
-
-    measure("input (degraded)", degraded, 0.0)
-    for name, fn in rows:
-        t0 = time.time()
-        samples = fn()
-        out = vae.decode(samples).reshape(clean.shape).clamp(0, 1)
-        measure(name, out, (time.time() - t0) / clean.shape[0])
-        print(f"{name}: done", file=sys.stderr)
-    head = (f"Ablation on {os.path.basename(a.ground_truth)} ({clean.shape[0]} frames {clean.shape[2]}x{clean.shape[1]}), "
-            f"task {a.task} ({prompt!r}), model {'demo' if not a.checkpoint else os.path.basename(a.checkpoint)}, "
-            f"{a.steps} steps, denoise {a.denoise}, SW-CFA radius {a.radius}\n\n"
-            "| configuration | PSNR (dB) | SSIM | warping error | flicker | s/frame |\n|---|---|---|---|---|---|\n")
-    body = "".join(f"| {n} | {p:.2f} | {s:.3f} | {w:.4f} | {f:.4f} | {t:.2f} |\n" for n, p, s, w, f, t in table)
-    text = head + body
-    print(text)
+        measure("input (degraded)", degraded, 0.0)
+        for _, name, fn in eval_configs.configurations(ctx, groups):
+            t0 = time.time()
+            samples = fn()
+            out = vae.decode(samples).reshape(clean.shape).clamp(0, 1)
+            measure(name, out, (time.time() - t0) / clean.shape[0])
+            print(f"{task} / {name}: done", file=sys.stderr)
+        head = (f"Ablation on {os.path.basename(a.ground_truth)} ({clean.shape[0]} frames {clean.shape[2]}x{clean.shape[1]}), "
+                f"task {task} ({tt.TASK_PROMPTS[task]!r}), model {'demo' if not a.checkpoint else os.path.basename(a.checkpoint)}, "
+                f"{a.steps} steps, denoise {a.denoise}, SW-CFA radius {a.radius}\n\n"
+                "| configuration | PSNR (dB) | SSIM | warping error | flicker | s/frame |\n|---|---|---|---|---|---|\n")
+        body = "".join(f"| {n} | {p:.2f} | {s:.3f} | {w:.4f} | {f:.4f} | {t:.2f} |\n" for n, p, s, w, f, t in table)
+        texts.append(head + body)
+        print(texts[-1], flush=True)
+    text = "\n".join(texts)
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w") as f:
@@ -115,7 +100,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ground-truth", default=os.path.join(REPO, "samples", "sample_clip_gt.npz"),
                     help="clean clip + true flow (pipelines.synthetic.save_ground_truth format)")
-    ap.add_argument("--task", default="denoise")
+    ap.add_argument("--tasks", default="denoise", help="comma-separated tasks, or 'all' (the demo's training tasks)")
+    ap.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated row groups from {GROUPS}")
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--denoise", type=float, default=0.3)
