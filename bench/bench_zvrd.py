@@ -3,7 +3,8 @@
 Tiny SD1.5-shaped model (tests/tiny_models.py), 16 frames, CFG (cond + uncond chunks), Euler /
 Euler ancestral. Times are the process CPU time of each sampling run with torch on one thread (on a
 shared, oversubscribed machine wall time mostly measures the neighbours); runs are interleaved
-round-robin and the median per configuration is reported.
+round-robin; the median and min per configuration and the median of per-round ratios to the stock run
+are reported.
 
     .venv/bin/python bench/bench_zvrd.py [--frames 16] [--size 128] [--steps 10] [--repeats 3]
 
@@ -102,10 +103,12 @@ def main():
     print(f"ZVRD overhead, tiny SD1.5 model, {T} frames {S}x{S} (latent {lat}x{lat}), {a.steps} steps, CFG 2, "
           f"median and min CPU time of {a.repeats} interleaved runs (1 thread); input flow estimation (once per clip, not counted): {t_flow:.2f}s")
     ref = {"stock euler_ancestral": "stock euler_ancestral", "NoiseShare euler_ancestral": "stock euler_ancestral"}
-    print(f"  {'':32s} {'median':>8s}  ratio   {'min':>8s}  ratio")
+    print(f"  {'':32s} {'median':>8s}  ratio   {'min':>8s}  ratio   paired")
     for k, v in med.items():
         base = ref.get(k, "stock euler")
-        print(f"  {k:32s} {v:7.3f}s  {v / med[base]:5.2f}x   {best[k]:7.3f}s  {best[k] / best[base]:5.2f}x")
+        # each round's time over the same round's stock run: slow drifts of the machine cancel
+        paired = statistics.median(t / b for t, b in zip(times[k], times[base]))
+        print(f"  {k:32s} {v:7.3f}s  {v / med[base]:5.2f}x   {best[k]:7.3f}s  {best[k] / best[base]:5.2f}x   {paired:5.2f}x")
     # NoiseShare's own work, timed inside the run (robust against machine noise): the per-step sampler
     spent = [0.0]
 
