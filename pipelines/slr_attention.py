@@ -98,7 +98,7 @@ def cross_neighbour_attention(q: Tensor, k: Tensor, v: Tensor, heads: int,
     elements: with twice the keys, one call over the whole batch leaves the CPU caches and costs
     ~3.5x the stock call instead of 2x (measured with ComfyUI's sub-quadratic attention)."""
     if q.ndim != 3 or k.shape != v.shape or k.shape[0] != q.shape[0]:
-        raise ValueError(f"q/k/v: expected [frames, tokens, dim] of one chunk, got {tuple(q.shape)}, "
+        raise ValueError(f"q/k/v: expected [frames, tokens, dim] with equal frames, got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
     if chunks < 1 or q.shape[0] % chunks:
         raise ValueError(f"chunks: expected a divisor of the batch {q.shape[0]}, got {chunks}")

@@ -44,7 +44,7 @@ def configurations(ctx, groups=GROUPS):
         return task_prompt.apply_controlnet(enc(prompt), enc(""), ctx.control, ctx.degraded, 1.0, 0.0, 1.0)
 
     prompt = ctx.tt.TASK_PROMPTS[ctx.task]
-    wrong = ctx.tt.TASK_PROMPTS[WRONG_TASK.get(ctx.task, "denoise" if ctx.task != "denoise" else "derain")]
+    wrong = ctx.tt.TASK_PROMPTS[WRONG_TASK.get(ctx.task, "denoise")]
     cached = {}
 
     def flow():

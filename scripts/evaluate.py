@@ -55,13 +55,16 @@ def run(a):
     import eval_configs
     from temporal_restore.pipelines import metrics
 
-    clean, flow = load_clip(a)
-    model, clip, vae, control = load_models(a, arch)
     groups = [g.strip() for g in a.groups.split(",") if g.strip()]
     tasks = list(tt.DEMO_TASKS) if a.tasks == "all" else [t.strip() for t in a.tasks.split(",") if t.strip()]
+    # checked before any model is loaded
     for t in tasks:
         if t not in tt.TASK_PROMPTS:
             raise SystemExit(f"--tasks: expected names from {sorted(tt.TASK_PROMPTS)} or 'all', got {t!r}")
+    if set(groups) - set(GROUPS):
+        raise SystemExit(f"--groups: expected names from {GROUPS}, got {sorted(set(groups) - set(GROUPS))}")
+    clean, flow = load_clip(a)
+    model, clip, vae, control = load_models(a, arch)
     texts = []
     for task in tasks:
         degraded = tt.degraded_input(clean, task, seed=a.seed)
