@@ -105,22 +105,23 @@ def test_passthrough_stream_keeps_every_frame_once_and_audio(tmp_path):
     assert np.abs(frames[:, -4:, -4:].astype(float).mean(axis=(1, 2, 3)) - rgb[:, -4:, -4:].mean(axis=(1, 2, 3))).max() < 4
     assert has_audio and packets > 0
     assert not os.path.exists(out + ".stream")  # state removed after success
-    assert not [f for f in os.listdir(tmp_path) if f.endswith(".partial.mp4")]
+    assert not [f for f in os.listdir(tmp_path) if ".partial." in f]
 
 
 def test_passthrough_sigkill_resume_equals_uninterrupted(tmp_path):
+    """A lossless (.mkv) output is bit-identical to the uninterrupted run and to the input frames."""
     inp = str(tmp_path / "in.mkv")
-    make_clip(inp, frames=14)
-    ref = str(tmp_path / "ref.mp4")
+    rgb = make_clip(inp, frames=14)
+    ref = str(tmp_path / "ref.mkv")
     args = ["--backend", "passthrough", "--segment", "5", "--context", "2"]
     res = subprocess.run(stream_cmd(inp, ref, *args), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    out = str(tmp_path / "out.mp4")
+    out = str(tmp_path / "out.mkv")
     killed = run_killed_then_resumed(stream_cmd(inp, out, *args, "--throttle", "1.0"), out + ".stream", 2)
     assert killed >= 2
     a, _, _ = read_video(ref)
     b, has_audio, _ = read_video(out)
-    assert a.shape == b.shape and np.array_equal(a, b)
+    assert a.shape == b.shape == rgb.shape and np.array_equal(a, b) and np.array_equal(b, rgb)
     assert has_audio
 
 
@@ -136,23 +137,26 @@ def test_bad_arguments_are_reported(tmp_path):
 
 
 def test_server_stream_sigkill_resume_equals_uninterrupted(server, tiny, tmp_path):
-    """The real thing: long_clip_restore through a headless ComfyUI, killed mid-way and resumed."""
+    """The real thing: long_clip_restore through a headless ComfyUI, killed mid-way and resumed.
+
+    Lossless .mkv outputs: x264 is not bit-reproducible on 32x32 frames (see tr_cli/stream.py), so an
+    MP4 comparison would test the encoder, not the resume."""
     inp = str(tmp_path / "in.mkv")
     make_clip(inp, frames=10)
     sets = ["--set", "ILT chunked sampling.steps=2", "--set", "ILT chunked sampling.window=4",
             "--set", "ILT chunked sampling.overlap=2"]
     args = ["--server", server.url, "--segment", "5", "--context", "2", *sets]
-    ref = str(tmp_path / "ref.mp4")
+    ref = str(tmp_path / "ref.mkv")
     res = subprocess.run(stream_cmd(inp, ref, *args), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    out = str(tmp_path / "out.mp4")
+    out = str(tmp_path / "out.mkv")
     run_killed_then_resumed(stream_cmd(inp, out, *args, "--throttle", "2.0"), out + ".stream", 1, timeout=300)
     a, _, _ = read_video(ref)
     b, has_audio, _ = read_video(out)
     assert a.shape == (10, 32, 32, 3) and b.shape == a.shape
     if not np.array_equal(a, b):
         # tell a resume bug (frames after the kill point differ) from a server that does not reproduce itself
-        again = str(tmp_path / "again.mp4")
+        again = str(tmp_path / "again.mkv")
         subprocess.run(stream_cmd(inp, again, *args), cwd=REPO, capture_output=True, text=True, timeout=300)
         c = read_video(again)[0]
         per_frame = lambda x, y: [int(np.abs(x[i].astype(int) - y[i].astype(int)).max()) for i in range(len(x))]  # noqa: E731

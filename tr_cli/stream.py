@@ -21,8 +21,13 @@ How it works
   segment that was half-written when the process died is redone, never duplicated or lost, and
   because every segment is a deterministic function of its input frames the result equals an
   uninterrupted run's.
-* At the end the spool is encoded (libx264, or mpeg4 when unavailable) with the input's audio
-  stream copied, to a temporary file in the output folder that is renamed onto the output (atomic).
+* At the end the spool is encoded with the input's audio stream copied, to a temporary file in the
+  output folder that is renamed onto the output (atomic): an ``.mkv`` output is lossless FFV1 RGB
+  (bit-identical to the restored frames); any other name is MP4 (libx264 CRF 16, or mpeg4 when
+  libx264 is missing). x264 is not bit-reproducible on very small frames (it reads memory it never
+  initialised; a 32x32 clip's first frame came out differently about one run in 50), so a resumed
+  MP4 can differ from an uninterrupted one in the encoder's rounding while the restored frames are
+  identical: ask for ``.mkv`` when the bytes must match.
   The state folder is removed unless ``--keep-state``.
 
 The run talks to ComfyUI over HTTP (same client as ``run``); there is no in-process backend.
@@ -50,7 +55,8 @@ STATE_VERSION = 1
 def add_parser(sub) -> None:
     p = sub.add_parser("stream", help="restore a long video segment by segment (resumable, bounded memory)")
     p.add_argument("input", help="video file to restore")
-    p.add_argument("-o", "--output", required=True, help="restored video file (written atomically at the end)")
+    p.add_argument("-o", "--output", required=True,
+                   help="restored video file, written atomically at the end: .mkv = lossless FFV1, else MP4 (H.264)")
     p.add_argument("-w", "--workflow", default=DEFAULT_WORKFLOW,
                    help=f"bundled workflow name or API JSON path (default {DEFAULT_WORKFLOW})")
     p.add_argument("--server", help="URL of a running ComfyUI (default: start a local one)")
@@ -122,15 +128,17 @@ def write_lossless(frames: np.ndarray, path: str, fps: Fraction) -> None:
 
 
 def encode_output(spool: str, n: int, shape, fps: Fraction, audio_src: str | None, dst: str) -> None:
-    """Encode ``n`` raw frames from the spool (+ the audio stream of ``audio_src``, copied) to ``dst``."""
+    """Encode ``n`` raw frames from the spool (+ the audio stream of ``audio_src``, copied) to ``dst``
+    (FFV1 in Matroska when ``dst`` ends in ``.mkv``, else H.264 in MP4)."""
     import av
 
     h, w = shape
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(dst, "w", format="mp4") as out:
+    lossless = dst.lower().endswith(".mkv")
+    codec = "ffv1" if lossless else "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(dst, "w", format="matroska" if lossless else "mp4") as out:
         vs = out.add_stream(codec, rate=fps)
         vs.width, vs.height = w, h
-        vs.pix_fmt = "yuv420p" if (w % 2 == 0 and h % 2 == 0) else "yuv444p"
+        vs.pix_fmt = "bgr0" if lossless else "yuv420p" if (w % 2 == 0 and h % 2 == 0) else "yuv444p"
         if codec == "libx264":
             vs.options = {"crf": "16"}
         ins = None
@@ -389,7 +397,8 @@ def main(args) -> int:
                 if args.throttle:
                     time.sleep(args.throttle)
                 carry_in = seg[len(seg) - hold:] + [peek]
-        tmp = os.path.join(out_dir, f".{os.path.basename(output)}.{uuid.uuid4().hex[:6]}.partial.mp4")
+        ext = ".mkv" if output.lower().endswith(".mkv") else ".mp4"
+        tmp = os.path.join(out_dir, f".{os.path.basename(output)}.{uuid.uuid4().hex[:6]}.partial{ext}")
         try:
             encode_output(spool, state["written"], state["shape"][:2], fps, args.input if info["audio"] else None, tmp)
             os.replace(tmp, output)
