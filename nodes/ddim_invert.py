@@ -192,7 +192,9 @@ class DDIMInvert(io.ComfyNode):
                         "latents they come from, for TR_DDIMRestore. Records the schedule in the latent.",
             inputs=[
                 io.Model.Input("model", tooltip="The model (with its patches, e.g. SW-CFA) used for the inversion."),
-                io.Conditioning.Input("positive", tooltip="Positive conditioning (e.g. the task prompt with ControlNet)."),
+                io.Conditioning.Input("positive", tooltip="Conditioning of the inversion: the source prompt that describes "
+                                      "the clip as it is (the empty prompt, with ControlNet). With the restore's own "
+                                      "task prompt here, the restore would nearly undo the inversion."),
                 io.Conditioning.Input("negative", tooltip="Negative conditioning (only used when cfg > 1)."),
                 io.Latent.Input("latent", tooltip="The encoded input frames (VAEEncode of the degraded video)."),
                 io.Int.Input("steps", default=10, min=1, max=1000,

@@ -25,7 +25,9 @@ class DemoModelLoader(io.ComfyNode):
             display_name="DemoModelLoader (Temporal Restore)",
             category="temporal_restore/loaders",
             description="Loads the pack's embedded demo restorer (small SD1.5-architecture UNet, CLIP with the SD1 "
-                        "tokenizer, TAESD-shaped VAE and a task-prompt ControlNet) from models/demo/.",
+                        "tokenizer, TAESD-shaped VAE and a task-prompt ControlNet) from models/demo/. It was trained on clips "
+                        "upsampled x2 (ImageScaleBy 2 bicubic before VAEEncode and the ControlNet hint, area 0.5 "
+                        "after VAEDecode, as the demo_restore workflow does): its tiny VAE loses native-size detail.",
             inputs=[
                 io.String.Input("directory", default="", optional=True,
                                 tooltip="Folder holding demo_sd15.safetensors and demo_controlnet.safetensors; "

@@ -134,6 +134,29 @@ def upsample_bicubic(frames: torch.Tensor, height: int, width: int) -> torch.Ten
     return x.clamp(0, 1).permute(0, 2, 3, 1).contiguous()
 
 
+def to_work_scale(frames: torch.Tensor, scale: int) -> torch.Tensor:
+    """``frames [N, H, W, 3]`` bicubic-upsampled to the model's working scale ``[N, H*scale, W*scale, 3]``.
+
+    The demo model works on clips upsampled x2 (as DiffBIR / SUPIR upsample small inputs to their model's
+    resolution): its tiny x8 VAE reconstructs native-resolution detail at ~23 dB but x2-upsampled detail at
+    ~26 dB. Degradations are applied *before* this (at the clip's own resolution), as a user's clip has them."""
+    scale = int(scale)
+    if scale < 1:
+        raise ValueError(f"scale: expected an integer >= 1, got {scale!r}")
+    if scale == 1:
+        return frames
+    return upsample_bicubic(frames, frames.shape[1] * scale, frames.shape[2] * scale)
+
+
+def from_work_scale(frames: torch.Tensor, scale: int) -> torch.Tensor:
+    """Inverse of :func:`to_work_scale`: area-average ``[N, H, W, 3]`` down by ``scale``."""
+    scale = int(scale)
+    if scale == 1:
+        return frames
+    x = F.interpolate(frames.permute(0, 3, 1, 2), scale_factor=1 / scale, mode="area")
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
 def task_pairs(clean: torch.Tensor, tasks, seed: int) -> tuple[torch.Tensor, list[str]]:
     """Assign tasks round-robin over ``clean [N, H, W, 3]`` and degrade each crop (its own seed).
     Returns ``(degraded [N, H, W, 3], task_names)``."""
@@ -190,9 +213,16 @@ def sd_sigmas(timesteps: int = 1000, linear_start: float = 0.00085, linear_end: 
     return (((1 - ac) / ac) ** 0.5).float()
 
 
-def sample_timesteps(n: int, gen: torch.Generator, timesteps: int = 1000) -> torch.Tensor:
-    """Uniform integer timesteps ``[n]`` (as float, the UNet's ``timesteps`` input)."""
-    return torch.randint(0, timesteps, (n,), generator=gen).float()
+def sample_timesteps(n: int, gen: torch.Generator, timesteps: int = 1000, focus: int = 0,
+                     focus_frac: float = 0.0) -> torch.Tensor:
+    """Integer timesteps ``[n]`` (as float, the UNet's ``timesteps`` input): uniform, except that a fraction
+    ``focus_frac`` is drawn below ``focus`` (the range an img2img restore at denoise ``focus / timesteps``
+    visits). With the defaults, plain uniform (the DDPM objective)."""
+    t = torch.randint(0, timesteps, (n,), generator=gen)
+    if focus > 0 and focus_frac > 0:
+        low = torch.randint(0, int(focus), (n,), generator=gen)
+        t = torch.where(torch.rand(n, generator=gen) < focus_frac, low, t)
+    return t.float()
 
 
 def noisy_input(z0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -64,9 +64,10 @@ def configurations(ctx, groups=GROUPS):
                                           disable_pbar=True, seed=ctx.seed)
 
     def inverted(m, p):
-        pos, neg = conds(p)
-        inv = ddim_invert.invert(m, pos, neg, {"samples": lat}, ctx.steps, 1.0, ctx.denoise)
-        return ddim_invert.restore(m, pos, neg, inv, ctx.steps, 1.0)["samples"]
+        # invert under the source prompt (empty: the clip as it is), restore under the task prompt, as
+        # inversion-based editing does (null-text inversion, TDM [8]); the same prompt for both would cancel
+        inv = ddim_invert.invert(m, *conds(""), {"samples": lat}, ctx.steps, 1.0, ctx.denoise)
+        return ddim_invert.restore(m, *conds(p), inv, ctx.steps, 1.0)["samples"]
 
     rows = []
     if "tdm" in groups:

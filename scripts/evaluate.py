@@ -46,7 +46,7 @@ def load_models(a, arch):
 
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(a.checkpoint, output_vae=True, output_clip=True)
         return model, clip, vae, comfy.controlnet.load_controlnet(a.controlnet)
-    return arch.load_demo()
+    return arch.load_demo(a.demo_dir) if a.demo_dir else arch.load_demo()
 
 
 def run(a):
@@ -64,12 +64,14 @@ def run(a):
     if set(groups) - set(GROUPS):
         raise SystemExit(f"--groups: expected names from {GROUPS}, got {sorted(set(groups) - set(GROUPS))}")
     clean, flow = load_clip(a)
+    ws = a.work_scale if a.work_scale is not None else (1 if a.checkpoint else 2)
     model, clip, vae, control = load_models(a, arch)
     texts = []
     for task in tasks:
         degraded = tt.degraded_input(clean, task, seed=a.seed)
-        ctx = types.SimpleNamespace(model=model, clip=clip, vae=vae, control=control, degraded=degraded,
-                                    latent=vae.encode(degraded), task=task, steps=a.steps, denoise=a.denoise,
+        work = tt.to_work_scale(degraded, ws)  # what the workflow's ImageScaleBy hands the VAE and the ControlNet
+        ctx = types.SimpleNamespace(model=model, clip=clip, vae=vae, control=control, degraded=work,
+                                    latent=vae.encode(work), task=task, steps=a.steps, denoise=a.denoise,
                                     seed=a.seed, radius=a.radius, tt=tt)
         table = []
 
@@ -81,12 +83,12 @@ def run(a):
         for _, name, fn in eval_configs.configurations(ctx, groups):
             t0 = time.time()
             samples = fn()
-            out = vae.decode(samples).reshape(clean.shape).clamp(0, 1)
+            out = tt.from_work_scale(vae.decode(samples).reshape(work.shape).clamp(0, 1), ws)
             measure(name, out, (time.time() - t0) / clean.shape[0])
             print(f"{task} / {name}: done", file=sys.stderr)
         head = (f"Ablation on {os.path.basename(a.ground_truth)} ({clean.shape[0]} frames {clean.shape[2]}x{clean.shape[1]}), "
                 f"task {task} ({tt.TASK_PROMPTS[task]!r}), model {'demo' if not a.checkpoint else os.path.basename(a.checkpoint)}, "
-                f"{a.steps} steps, denoise {a.denoise}, SW-CFA radius {a.radius}\n\n"
+                f"{a.steps} steps, denoise {a.denoise}, SW-CFA radius {a.radius}, working scale x{ws}\n\n"
                 "| configuration | PSNR (dB) | SSIM | warping error | flicker | s/frame |\n|---|---|---|---|---|---|\n")
         body = "".join(f"| {n} | {p:.2f} | {s:.3f} | {w:.4f} | {f:.4f} | {t:.2f} |\n" for n, p, s, w, f, t in table)
         texts.append(head + body)
@@ -112,7 +114,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", help="SD1.5 checkpoint path (default: the embedded demo model)")
     ap.add_argument("--controlnet", help="ControlNet path (with --checkpoint)")
+    ap.add_argument("--demo-dir", help="folder of a demo model (default models/demo/; e.g. a new training run's --out)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--work-scale", type=int, help="upsample the clip by this before the VAE and the ControlNet and "
+                    "area-average the result back (default: 2 for the demo model, as its workflow; 1 with --checkpoint)")
     ap.add_argument("--out", help="also write the markdown table here")
     a = ap.parse_args(argv)
     if a.checkpoint and not a.controlnet:

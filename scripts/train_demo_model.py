@@ -147,15 +147,18 @@ def stage_data(a, tt):
     if os.path.exists(path):
         return torch.load(path, weights_only=False)
     imgs = tt.load_images(tt.TRAIN_IMAGES)
-    clean = tt.random_crops(imgs, a.crops, 64, seed=a.seed)
+    ws = a.work_scale
+    # degrade at the crop's own resolution, then upsample everything to the working scale (as a user's clip)
+    clean = tt.random_crops(imgs, a.crops, 64 // ws, seed=a.seed)
     degraded, target, prompts = tt.prompt_pairs(clean, tt.DEMO_TASKS, seed=a.seed + 1, off_task=a.off_task)
+    clean, degraded, target = (tt.to_work_scale(x, ws) for x in (clean, degraded, target))
     # the VAE's own, larger pool of smaller crops (it trains on sub-crops of these)
-    vae_pool = tt.random_crops(imgs, a.vae_crops, a.vae_pool_size, seed=a.seed + 2)
+    vae_pool = tt.to_work_scale(tt.random_crops(imgs, a.vae_crops, a.vae_pool_size // ws, seed=a.seed + 2), ws)
     data = {"clean": clean, "degraded": degraded, "target": target, "prompts": prompts,
-            "vae_pool": vae_pool.permute(0, 3, 1, 2).contiguous()}
+            "vae_pool": vae_pool.permute(0, 3, 1, 2).contiguous(), "work_scale": ws}
     torch.save(data, path)
     print(f"[data] {clean.shape[0]} crops 64x64 + {vae_pool.shape[0]} VAE crops {a.vae_pool_size}x{a.vae_pool_size} "
-          f"from {len(imgs)} images, tasks {tt.DEMO_TASKS}, off-task prompts {a.off_task:.0%}")
+          f"from {len(imgs)} images at working scale x{ws}, tasks {tt.DEMO_TASKS}, off-task prompts {a.off_task:.0%}")
     return data
 
 
@@ -226,7 +229,7 @@ def stage_vae(a, tt, arch, data, deadline):
     pool = data["vae_pool"]
     span = (pool.shape[-1] - a.vae_crop) // 8 + 1
 
-    held = heldout_frames(tt).permute(0, 3, 1, 2)
+    held = tt.to_work_scale(heldout_frames(tt), a.work_scale).permute(0, 3, 1, 2)
 
     def step(i):
         if i % a.vae_monitor == 0:  # held-out reconstruction PSNR, printed only (never trained on)
@@ -305,7 +308,7 @@ def stage_unet(a, tt, arch, lat, ctx_empty, deadline):
         g = torch.Generator().manual_seed(a.seed * 7919 + 2000 + i)
         idx = torch.randint(lat.shape[0], (a.batch,), generator=g)
         z0 = lat[idx]
-        t = tt.sample_timesteps(a.batch, g)
+        t = tt.sample_timesteps(a.batch, g, focus=a.t_focus if a.unet_focus else 0, focus_frac=a.t_focus_frac)
         s = sig[t.long()]
         noise = torch.randn(z0.shape, generator=g)
         eps = unet(tt.noisy_input(z0, s, noise), t, context=ctx_empty.expand(a.batch, -1, -1))
@@ -348,9 +351,10 @@ def control_forward(unet, cn, xc, t, ctx, hint):
     return unet(xc, t, context=ctx, control=control)
 
 
-def stage_controlnet(a, tt, arch, unet, lat, hints, ctx, deadline):
-    """``lat``: target latents (clean, or the degraded crop itself for off-task prompts), ``hints`` the
-    degraded crops, ``ctx`` the prompt embeddings, one per crop (pipelines.train_tasks.prompt_pairs)."""
+def stage_controlnet(a, tt, arch, unet, lat, deg_lat, hints, ctx, deadline):
+    """``lat``: target latents (clean, or the degraded crop itself for off-task prompts), ``deg_lat`` the
+    degraded crops' latents, ``hints`` the degraded crops, ``ctx`` the prompt embeddings, one per crop
+    (pipelines.train_tasks.prompt_pairs)."""
     make_control_trainable(unet)
     cn = arch.raw_controlnet()
     init_params(cn, a.seed + 40)
@@ -372,11 +376,18 @@ def stage_controlnet(a, tt, arch, unet, lat, hints, ctx, deadline):
         g = torch.Generator().manual_seed(a.seed * 7919 + 3000 + i)
         idx = torch.randint(lat.shape[0], (a.batch,), generator=g)
         z0 = lat[idx]
-        t = tt.sample_timesteps(a.batch, g)
+        t = tt.sample_timesteps(a.batch, g, focus=a.t_focus, focus_frac=a.t_focus_frac)
+        # img2img-matched samples: x_t built from the *degraded* latent, at the timesteps where a restore at
+        # denoise ~0.3 takes its first steps; the eps target is the one that implies the clean x0: (x - z0) / sigma
+        from_deg = torch.rand(a.batch, generator=g) < a.degraded_start
+        t = torch.where(from_deg, torch.randint(a.degraded_t[0], a.degraded_t[1], (a.batch,), generator=g).float(), t)
         s = sig[t.long()]
         noise = torch.randn(z0.shape, generator=g)
-        eps = control_forward(unet, cn, tt.noisy_input(z0, s, noise), t, ctx[idx], hints[idx])
-        return tt.eps_loss(eps, noise, s, a.weighting)
+        from_deg = from_deg.view(-1, 1, 1, 1)
+        start = torch.where(from_deg, deg_lat[idx], z0)
+        target = noise + (start - z0) / s.view(-1, 1, 1, 1)
+        eps = control_forward(unet, cn, tt.noisy_input(start, s, noise), t, ctx[idx], hints[idx])
+        return tt.eps_loss(eps, target, s, a.weighting)
 
     done = run_loop(st, modules, a.cn_steps, a.cn_lr, deadline, step, "controlnet")
     return cn, unet, done
@@ -407,8 +418,9 @@ def sigma_to_t(sig, s):
     return float(i - 1 + w)
 
 
-def restore_latents(tt, unet, cn, z_deg, hint, ctx, steps_inv=10, steps=10, denoise=1.0):
-    """TDM inference on raw modules: DDIM inversion of the degraded latent then DDIM sampling (sigma form)."""
+def restore_latents(tt, unet, cn, z_deg, hint, ctx, steps_inv=10, steps=10, denoise=1.0, ctx_inv=None):
+    """TDM inference on raw modules: DDIM inversion of the degraded latent under ``ctx_inv`` (the source
+    prompt, default ``ctx``) then DDIM sampling under ``ctx`` (sigma form)."""
     from temporal_restore.pipelines import ddim_inversion as di
 
     sig = tt.sd_sigmas()
@@ -421,16 +433,18 @@ def restore_latents(tt, unet, cn, z_deg, hint, ctx, steps_inv=10, steps=10, deno
                                               t - math.floor(t))) for t in ts.tolist()])
         return torch.cat([s, s.new_zeros(1)])
 
-    def model(x, s):
-        sv = float(s[0])
-        t = torch.full((x.shape[0],), sigma_to_t(sig, sv))
-        xc = x / math.sqrt(1 + sv * sv)
-        with torch.no_grad():
-            eps = control_forward(unet, cn, xc, t, ctx.expand(x.shape[0], -1, -1), hint)
-        return x - sv * eps
+    def model_for(c):
+        def model(x, s):
+            sv = float(s[0])
+            t = torch.full((x.shape[0],), sigma_to_t(sig, sv))
+            xc = x / math.sqrt(1 + sv * sv)
+            with torch.no_grad():
+                eps = control_forward(unet, cn, xc, t, c.expand(x.shape[0], -1, -1), hint)
+            return x - sv * eps
+        return model
 
-    x = di.ddim_invert(model, z_deg, sched(steps_inv))
-    return di.ddim_sample(model, x, sched(steps))
+    x = di.ddim_invert(model_for(ctx if ctx_inv is None else ctx_inv), z_deg, sched(steps_inv))
+    return di.ddim_sample(model_for(ctx), x, sched(steps))
 
 
 def heldout_frames(tt, n=4, size=64):
@@ -442,21 +456,25 @@ def stage_eval(a, tt, arch, vae, unet, cn, ctx_by_task):
     from temporal_restore.pipelines import metrics
 
     vae.eval(), unet.eval(), cn.eval()
+    ws = a.work_scale
+    up = lambda x: tt.to_work_scale(x, ws)  # noqa: E731
+    out_img = lambda z: tt.from_work_scale(decode(vae, z / tt.SD15_SCALE_FACTOR), ws)  # noqa: E731
     clean = heldout_frames(tt)
-    rec = decode(vae, encode(vae, clean))
-    res = {"vae_psnr": metrics.psnr(rec, clean)}
+    res = {"vae_psnr": metrics.psnr(tt.from_work_scale(decode(vae, encode(vae, up(clean))), ws), clean)}
+    wrong = {"denoise": "derain", "sr_x4": "denoise"}
     for task in ("denoise", "sr_x4"):
         deg = tt.degraded_input(clean, task, seed=123)
-        z = encode(vae, deg) * tt.SD15_SCALE_FACTOR
-        hint = deg.permute(0, 3, 1, 2)
-        for dn in a.eval_denoise:
-            out = restore_latents(tt, unet, cn, z, hint, ctx_by_task[task], denoise=dn)
-            img = decode(vae, out / tt.SD15_SCALE_FACTOR)
-            res[f"{task}_psnr_d{dn}"] = metrics.psnr(img, clean)
+        z = encode(vae, up(deg)) * tt.SD15_SCALE_FACTOR
+        hint = up(deg).permute(0, 3, 1, 2)
         res[f"{task}_input_psnr"] = metrics.psnr(deg, clean)
-        # TPG ablation: the same input with the empty prompt (the model was taught to leave it unchanged)
-        out = restore_latents(tt, unet, cn, z, hint, ctx_by_task[""], denoise=0.3)
-        res[f"{task}_psnr_d0.3_empty_prompt"] = metrics.psnr(decode(vae, out / tt.SD15_SCALE_FACTOR), clean)
+        res[f"{task}_vae_round_trip_psnr"] = metrics.psnr(out_img(z), clean)
+        for dn in a.eval_denoise:  # inversion under the empty (source) prompt, restore under the task prompt
+            out = restore_latents(tt, unet, cn, z, hint, ctx_by_task[task], denoise=dn, ctx_inv=ctx_by_task[""])
+            res[f"{task}_psnr_d{dn}"] = metrics.psnr(out_img(out), clean)
+        # TPG ablation: restore under the empty / another task's prompt (taught to leave the input unchanged)
+        for name, c in (("empty", ctx_by_task[""]), ("wrong", ctx_by_task[wrong[task]])):
+            out = restore_latents(tt, unet, cn, z, hint, c, denoise=0.3, ctx_inv=ctx_by_task[""])
+            res[f"{task}_psnr_d0.3_{name}_prompt"] = metrics.psnr(out_img(out), clean)
     print(json.dumps({k: round(v, 3) for k, v in res.items()}, indent=1))
     return res
 
@@ -472,6 +490,8 @@ def main(argv=None):
     ap.add_argument("--crops", type=int, default=4096)
     ap.add_argument("--off-task", type=float, default=0.25,
                     help="fraction of ControlNet pairs with a prompt not naming their degradation, target unchanged")
+    ap.add_argument("--work-scale", type=int, default=2,
+                    help="the clips' upsampling before the VAE (the demo workflow's ImageScaleBy); crops are degraded first")
     ap.add_argument("--vae-crops", type=int, default=8192)
     ap.add_argument("--vae-pool-size", type=int, default=48)
     ap.add_argument("--vae-crop", type=int, default=32)
@@ -482,10 +502,17 @@ def main(argv=None):
     ap.add_argument("--vae-lr", type=float, default=8e-4)
     ap.add_argument("--unet-steps", type=int, default=150)
     ap.add_argument("--unet-lr", type=float, default=1e-3)
-    ap.add_argument("--cn-steps", type=int, default=1000)
-    ap.add_argument("--cn-lr", type=float, default=5e-4)
+    ap.add_argument("--unet-focus", type=int, default=0, help="1: the base UNet's timesteps are focused like the ControlNet's")
+    ap.add_argument("--cn-steps", type=int, default=3000)
+    ap.add_argument("--cn-lr", type=float, default=1e-3)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--weighting", default="x0", choices=["x0", "eps"])
+    ap.add_argument("--t-focus", type=int, default=400, help="timesteps below this get --t-focus-frac of the ControlNet samples")
+    ap.add_argument("--t-focus-frac", type=float, default=0.75)
+    ap.add_argument("--degraded-start", type=float, default=0.75,
+                    help="fraction of ControlNet samples whose x_t is built from the degraded latent (img2img-matched)")
+    ap.add_argument("--degraded-t", type=int, nargs=2, default=[200, 400],
+                    help="timestep range [lo, hi) of the degraded-start samples")
     ap.add_argument("--train-unet", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="1 is much faster than 2 on a busy shared CPU")
     ap.add_argument("--eval-denoise", type=float, nargs="+", default=[1.0, 0.6, 0.3])
@@ -524,7 +551,11 @@ def main(argv=None):
         return print("unet: not finished, run again to resume")
     ctx = torch.cat([emb[p] for p in data["prompts"]])
     hints = data["degraded"].permute(0, 3, 1, 2).contiguous()
-    cn, unet, done = stage_controlnet(a, tt, arch, unet, tgt, hints, ctx, deadline)
+    deg_path = os.path.join(a.work, "degraded_latents.pt")
+    if not os.path.exists(deg_path):
+        torch.save(encode(vae, data["degraded"]) * tt.SD15_SCALE_FACTOR, deg_path)
+    deg_lat = torch.load(deg_path, weights_only=False)
+    cn, unet, done = stage_controlnet(a, tt, arch, unet, tgt, deg_lat, hints, ctx, deadline)
     if a.stage == "eval":
         return stage_eval(a, tt, arch, vae, unet, cn, {"": emb[""], **{t: emb[tt.TASK_PROMPTS[t]] for t in tt.DEMO_TASKS}})
     if not done and a.stage != "export":

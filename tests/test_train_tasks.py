@@ -95,3 +95,26 @@ def test_stereo_training_images_are_bundled():
     img = tt.load_image("motorcycle_left")
     assert img.shape == (500, 741, 3) and img.dtype.name == "float32" and 0.0 <= img.min() and img.max() <= 1.0
     assert not (img == tt.load_image("motorcycle_right")).all()
+
+
+def test_work_scale_round_trip_and_bad_scale():
+    frames = tt.random_crops(_images(), 3, 16, seed=5)
+    up = tt.to_work_scale(frames, 2)
+    assert up.shape == (3, 32, 32, 3) and float(up.min()) >= 0.0 and float(up.max()) <= 1.0
+    back = tt.from_work_scale(up, 2)
+    assert back.shape == frames.shape
+    # bicubic up then 2x2 area down is close to the identity (it only smooths a little)
+    assert float((back - frames).abs().mean()) < 0.05
+    assert tt.to_work_scale(frames, 1) is frames and tt.from_work_scale(frames, 1) is frames
+    with pytest.raises(ValueError, match="scale"):
+        tt.to_work_scale(frames, 0)
+
+
+def test_sample_timesteps_focus():
+    g = torch.Generator().manual_seed(0)
+    plain = tt.sample_timesteps(4000, g)
+    focused = tt.sample_timesteps(4000, torch.Generator().manual_seed(0), focus=300, focus_frac=0.75)
+    assert 0 <= float(plain.min()) and float(plain.max()) <= 999
+    assert 0.4 < float((plain < 500).float().mean()) < 0.6
+    # 75% below 300 plus the uniform quarter's own 30% of that
+    assert 0.78 < float((focused < 300).float().mean()) < 0.86 and float(focused.max()) > 300
