@@ -6,7 +6,8 @@ sampler from the degraded latent at ``denoise`` (img2img, as the paper pipelines
 The FLOW the temporal rows get is estimated on the *degraded* frames (what a user has), on the latent grid.
 
 Groups:
-  tdm        per-frame; +DDIM inversion; +SW-CFA; TDM full; TDM without / with the wrong task prompt
+  tdm        per-frame; +DDIM inversion; +SW-CFA; TDM full; TDM without / with the wrong task prompt (the
+             inversion rows invert under the empty source prompt and restore under the row's prompt)
   zvrd       ZVRD components added one by one: SLR attention (Eq. 5-7), + temporal consistency guidance
              (Eq. 8), + NoiseShare (Eq. 10-11 initial noise; the DDIM sampler draws no step noise),
              + early stopping at 0.9 of the schedule

@@ -1,6 +1,6 @@
 """Train the pack's embedded demo model (models/demo/) on the CPU, reproducibly, in resumable pieces.
 
-    .venv/bin/python scripts/train_demo_model.py --minutes 60       # ~45 min on 2 shared cores; or repeat a
+    .venv/bin/python scripts/train_demo_model.py --minutes 60       # ~27 min on 2 cores; or repeat a
                                                                     # shorter run until it prints "all stages done"
     .venv/bin/python scripts/train_demo_model.py --stage eval       # figures on the held-out images
 
@@ -12,7 +12,8 @@ result depends on the step counts, not on where a run was interrupted):
    bundled with scikit-image, incl. both views of stereo_motorcycle) with their TPG training triples
    (pipelines.train_tasks.prompt_pairs: degraded hint, target, prompt; a quarter of them "off-task": a
    prompt not naming the degradation, target = the unchanged input), and a larger pool of 48x48 crops for
-   the VAE. The held-out images (the sample clip's astronaut and rocket) are never trained on.
+   the VAE. Crops are degraded at their own size, then upsampled to the working scale (--work-scale 2, as the
+   demo workflow's ImageScaleBy). The held-out images (the sample clip's astronaut and rocket) are never trained on.
 2. ``vae``: the TAESD-shaped autoencoder ComfyUI recognises by its keys (``taesd_encoder.*`` /
    ``taesd_decoder.*``, 64 channels, x8, 4 latent channels; ComfyUI 0.3.75 reads no width from the keys of
    an LDM AutoencoderKL, which is fixed at SD's 128-channel size), started as a linear x8 codec and trained
@@ -22,8 +23,10 @@ result depends on the step counts, not on where a run was interrupted):
 3. ``unet``: the base UNet (SD1.5 layout, 32 channels), eps-prediction on clean latents, empty prompt.
 4. ``controlnet``: the task-prompt ControlNet (TDM §2.2), initialised from the UNet encoder, trained on
    the TPG triples; hint = degraded image at full size. For the demo the UNet is fine-tuned with it
-   (--train-unet, default on) and the loss is x0-weighted: both make a 32-channel model converge in
-   minutes on a CPU (TDM freezes its SD1.5 base).
+   (--train-unet, default on), the loss is x0-weighted, and 3/4 of the samples build x_t from the
+   *degraded* latent at t 200-400 with the eps target that implies the clean x0 (--degraded-start: what an
+   img2img restore at denoise ~0.3 starts from): all three make a 32-channel model converge in minutes on a
+   CPU (TDM freezes its SD1.5 base and trains on clean-latent x_t).
 5. ``export``: fp16 safetensors in models/demo/ (checkpoint layout + control_model.* layout).
 
 The learning rates are far above the generic 1e-5 of scripts/train_controlnet.py: the demo model is
