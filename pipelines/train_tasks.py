@@ -36,6 +36,8 @@ TASK_PROMPTS = {
     "low_light": "brighten the image",
 }
 DEMO_TASKS = ("denoise", "sr_x4", "derain", "deblur")
+#: another task whose prompt is the "wrong task prompt" of the TPG ablation (TDM Table 4, harsher form)
+WRONG_TASK = {"denoise": "derain", "sr_x4": "denoise", "derain": "deblur", "deblur": "sr_x4"}
 
 # skimage.data images bundled with scikit-image (no download). Held out: the sample clip's images.
 # "motorcycle_left" / "motorcycle_right" are the two views of skimage.data.stereo_motorcycle() (bundled too).

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 GROUPS = ("tdm", "zvrd", "diffir2vr", "distilled")
 
-#: the prompt of another task, for the "wrong task prompt" row (TDM Table 4's TPG ablation, harsher form)
-WRONG_TASK = {"denoise": "derain", "sr_x4": "denoise", "derain": "deblur", "deblur": "sr_x4"}
 
 
 def configurations(ctx, groups=GROUPS):
@@ -45,7 +43,7 @@ def configurations(ctx, groups=GROUPS):
         return task_prompt.apply_controlnet(enc(prompt), enc(""), ctx.control, ctx.degraded, 1.0, 0.0, 1.0)
 
     prompt = ctx.tt.TASK_PROMPTS[ctx.task]
-    wrong = ctx.tt.TASK_PROMPTS[WRONG_TASK.get(ctx.task, "denoise")]
+    wrong = ctx.tt.TASK_PROMPTS[ctx.tt.WRONG_TASK.get(ctx.task, "denoise")]
     cached = {}
 
     def flow():

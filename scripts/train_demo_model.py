@@ -148,7 +148,11 @@ def run_loop(stage: Stage, modules: dict, total: int, lr: float, deadline: float
 def stage_data(a, tt):
     path = os.path.join(a.work, "data.pt")
     if os.path.exists(path):
-        return torch.load(path, weights_only=False)
+        data = torch.load(path, weights_only=False)
+        if data.get("work_scale", 1) != a.work_scale:
+            raise SystemExit(f"--work-scale {a.work_scale}: {a.work} holds data made at x{data.get('work_scale', 1)}; "
+                             "use another --work folder")
+        return data
     imgs = tt.load_images(tt.TRAIN_IMAGES)
     ws = a.work_scale
     # degrade at the crop's own resolution, then upsample everything to the working scale (as a user's clip)
@@ -464,7 +468,6 @@ def stage_eval(a, tt, arch, vae, unet, cn, ctx_by_task):
     out_img = lambda z: tt.from_work_scale(decode(vae, z / tt.SD15_SCALE_FACTOR), ws)  # noqa: E731
     clean = heldout_frames(tt)
     res = {"vae_psnr": metrics.psnr(tt.from_work_scale(decode(vae, encode(vae, up(clean))), ws), clean)}
-    wrong = {"denoise": "derain", "sr_x4": "denoise"}
     for task in ("denoise", "sr_x4"):
         deg = tt.degraded_input(clean, task, seed=123)
         z = encode(vae, up(deg)) * tt.SD15_SCALE_FACTOR
@@ -475,7 +478,7 @@ def stage_eval(a, tt, arch, vae, unet, cn, ctx_by_task):
             out = restore_latents(tt, unet, cn, z, hint, ctx_by_task[task], denoise=dn, ctx_inv=ctx_by_task[""])
             res[f"{task}_psnr_d{dn}"] = metrics.psnr(out_img(out), clean)
         # TPG ablation: restore under the empty / another task's prompt (taught to leave the input unchanged)
-        for name, c in (("empty", ctx_by_task[""]), ("wrong", ctx_by_task[wrong[task]])):
+        for name, c in (("empty", ctx_by_task[""]), ("wrong", ctx_by_task[tt.WRONG_TASK[task]])):
             out = restore_latents(tt, unet, cn, z, hint, c, denoise=0.3, ctx_inv=ctx_by_task[""])
             res[f"{task}_psnr_d0.3_{name}_prompt"] = metrics.psnr(out_img(out), clean)
     print(json.dumps({k: round(v, 3) for k, v in res.items()}, indent=1))
@@ -540,24 +543,21 @@ def main(argv=None):
     clip_sd = clip_state(arch, a)
     prompts = [""] + [tt.TASK_PROMPTS[t] for t in tt.DEMO_TASKS]
     emb = encode_prompts(arch, clip_sd, prompts)
-    tgt_path = os.path.join(a.work, "target_latents.pt")
-    if not os.path.exists(tgt_path):
-        torch.save(encode(vae, data["target"]) * tt.SD15_SCALE_FACTOR, tgt_path)
-    tgt = torch.load(tgt_path, weights_only=False)
-    lat_path = os.path.join(a.work, "latents.pt")
-    if not os.path.exists(lat_path):
-        torch.save(encode(vae, data["clean"]) * tt.SD15_SCALE_FACTOR, lat_path)
-    lat = torch.load(lat_path, weights_only=False)
+    def latents(name, images):  # scaled latents of a crop set, encoded once per work folder
+        path = os.path.join(a.work, name)
+        if not os.path.exists(path):
+            torch.save(encode(vae, images) * tt.SD15_SCALE_FACTOR, path)
+        return torch.load(path, weights_only=False)
+
+    tgt = latents("target_latents.pt", data["target"])
+    lat = latents("latents.pt", data["clean"])
 
     unet, done = stage_unet(a, tt, arch, lat, emb[""], deadline)
     if not done:
         return print("unet: not finished, run again to resume")
     ctx = torch.cat([emb[p] for p in data["prompts"]])
     hints = data["degraded"].permute(0, 3, 1, 2).contiguous()
-    deg_path = os.path.join(a.work, "degraded_latents.pt")
-    if not os.path.exists(deg_path):
-        torch.save(encode(vae, data["degraded"]) * tt.SD15_SCALE_FACTOR, deg_path)
-    deg_lat = torch.load(deg_path, weights_only=False)
+    deg_lat = latents("degraded_latents.pt", data["degraded"])
     cn, unet, done = stage_controlnet(a, tt, arch, unet, tgt, deg_lat, hints, ctx, deadline)
     if a.stage == "eval":
         return stage_eval(a, tt, arch, vae, unet, cn, {"": emb[""], **{t: emb[tt.TASK_PROMPTS[t]] for t in tt.DEMO_TASKS}})

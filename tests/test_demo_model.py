@@ -126,10 +126,6 @@ def heldout():
             "sr_x4": tt.degraded_input(clean, "sr_x4", seed=7)}
 
 
-#: another task's prompt for the TPG ablation (as scripts/eval_configs.WRONG_TASK)
-WRONG_TASK = {"denoise": "derain", "sr_x4": "denoise"}
-
-
 @pytest.fixture(scope="module")
 def figures(demo, heldout):
     from temporal_restore.pipelines import metrics
@@ -140,7 +136,7 @@ def figures(demo, heldout):
     for task in ("denoise", "sr_x4"):
         with one_thread():
             restored = _restore(demo, heldout[task], task)
-            wrong = _restore(demo, heldout[task], task, prompt=tt.TASK_PROMPTS[WRONG_TASK[task]])
+            wrong = _restore(demo, heldout[task], task, prompt=tt.TASK_PROMPTS[tt.WRONG_TASK[task]])
         res[task] = {"input": metrics.psnr(heldout[task], clean), "restored": metrics.psnr(restored, clean),
                      "wrong_prompt": metrics.psnr(wrong, clean)}
     return res
