@@ -136,15 +136,19 @@ def upsample_bicubic(frames: torch.Tensor, height: int, width: int) -> torch.Ten
     return x.clamp(0, 1).permute(0, 2, 3, 1).contiguous()
 
 
+def _work_scale(scale) -> int:
+    if int(scale) != scale or int(scale) < 1:
+        raise ValueError(f"scale: expected an integer >= 1, got {scale!r}")
+    return int(scale)
+
+
 def to_work_scale(frames: torch.Tensor, scale: int) -> torch.Tensor:
     """``frames [N, H, W, 3]`` bicubic-upsampled to the model's working scale ``[N, H*scale, W*scale, 3]``.
 
     The demo model works on clips upsampled x2 (as DiffBIR / SUPIR upsample small inputs to their model's
     resolution): its tiny x8 VAE reconstructs native-resolution detail at ~23 dB but x2-upsampled detail at
     ~26 dB. Degradations are applied *before* this (at the clip's own resolution), as a user's clip has them."""
-    scale = int(scale)
-    if scale < 1:
-        raise ValueError(f"scale: expected an integer >= 1, got {scale!r}")
+    scale = _work_scale(scale)
     if scale == 1:
         return frames
     return upsample_bicubic(frames, frames.shape[1] * scale, frames.shape[2] * scale)
@@ -152,7 +156,7 @@ def to_work_scale(frames: torch.Tensor, scale: int) -> torch.Tensor:
 
 def from_work_scale(frames: torch.Tensor, scale: int) -> torch.Tensor:
     """Inverse of :func:`to_work_scale`: area-average ``[N, H, W, 3]`` down by ``scale``."""
-    scale = int(scale)
+    scale = _work_scale(scale)
     if scale == 1:
         return frames
     x = F.interpolate(frames.permute(0, 3, 1, 2), scale_factor=1 / scale, mode="area")

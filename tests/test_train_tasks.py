@@ -106,8 +106,11 @@ def test_work_scale_round_trip_and_bad_scale():
     # bicubic up then 2x2 area down is close to the identity (it only smooths a little)
     assert float((back - frames).abs().mean()) < 0.05
     assert tt.to_work_scale(frames, 1) is frames and tt.from_work_scale(frames, 1) is frames
-    with pytest.raises(ValueError, match="scale"):
-        tt.to_work_scale(frames, 0)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="scale"):
+            tt.to_work_scale(frames, bad)
+        with pytest.raises(ValueError, match="scale"):
+            tt.from_work_scale(up, bad)
 
 
 def test_sample_timesteps_focus():
