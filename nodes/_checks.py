@@ -19,9 +19,9 @@ def _shape(x: Any):
     return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
-def check_frames(t: Any, name: str = "images", min_frames: int = 1) -> torch.Tensor:
-    """A ComfyUI IMAGE batch ``[T, H, W, C]`` (C = 3 or 4) of floats with ``T >= min_frames``."""
-    if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[-1] not in (3, 4):
+def check_frames(t: Any, name: str = "images", min_frames: int = 1, channels=(3, 4)) -> torch.Tensor:
+    """A ComfyUI IMAGE batch ``[T, H, W, C]`` (C in ``channels``) of floats with ``T >= min_frames``."""
+    if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[-1] not in channels:
         raise ValueError(f"{name}: expected an IMAGE batch [frames, height, width, 3], got {_shape(t)}")
     if not t.is_floating_point():
         raise ValueError(f"{name}: expected float pixel values in 0..1, got dtype {t.dtype}")
@@ -46,6 +46,13 @@ def check_latent(latent: Any, name: str = "latent", multiple: int | None = None,
     if multiple and samples.shape[0] % int(multiple):
         raise ValueError(f"{name}: expected a frame count that is a multiple of {multiple}, got {samples.shape[0]}")
     return samples
+
+
+def check_choice(value: Any, options, name: str) -> Any:
+    """``value`` is one of ``options`` (a linked value skips the schema's combo check)."""
+    if value not in options:
+        raise ValueError(f"{name}: expected one of {list(options)}, got {value!r}")
+    return value
 
 
 def check_finite(t: Any, name: str) -> Any:
@@ -75,14 +82,6 @@ def check_same_frames(a: Any, b: Any, names: tuple[str, str]) -> None:
     fa, fb = frames(a), frames(b)
     if fa != fb:
         raise ValueError(f"{names[1]}: expected {fa} frames like {names[0]}, got {fb}")
-
-
-def check_size_multiple(t: Any, name: str, multiple: int = 8, layout: str = "BHWC") -> Any:
-    """Height and width of an IMAGE (``BHWC``) or latent (``BCHW``) are multiples of ``multiple``."""
-    h, w = (t.shape[1], t.shape[2]) if layout == "BHWC" else (t.shape[-2], t.shape[-1])
-    if h % multiple or w % multiple:
-        raise ValueError(f"{name}: expected width and height that are multiples of {multiple}, got {w}x{h}")
-    return t
 
 
 def check_steps(steps: Any, name: str = "steps", minimum: int = 1, maximum: int | None = None) -> int:

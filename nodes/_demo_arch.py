@@ -11,7 +11,8 @@ Files (``models/demo/``): ``demo_sd15.safetensors`` in the usual checkpoint layo
 (``model.diffusion_model.*``, ``cond_stage_model.transformer.*``, ``first_stage_model.*``; the VAE is a
 TAESD-shaped autoencoder, which ComfyUI's VAE class recognises by its keys) and ``demo_controlnet.safetensors`` in the
 usual ``control_model.*`` layout. The training script (``scripts/train_demo_model.py``) builds the raw
-torch modules with the same functions, so the files always match the loader.
+torch modules with the same functions from the same spec (``pipelines/demo_spec.py``; this loader imports
+no training module), so the files always match the loader.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import os
 
 import torch
 
-from ..pipelines import train_tasks as tt
+from ..pipelines import demo_spec as spec
 
 log = logging.getLogger("temporal_restore")
 
@@ -42,11 +43,11 @@ def demo_classes():
     import comfy.supported_models as sm
     import comfy.supported_models_base as smb
 
-    width = tt.DEMO_CLIP_CONFIG["hidden_size"]
+    width = spec.DEMO_CLIP_CONFIG["hidden_size"]
 
     class DemoClipModel(sd1_clip.SDClipModel):
         def __init__(self, device="cpu", dtype=None, model_options={}):
-            super().__init__(device=device, textmodel_json_config=dict(tt.DEMO_CLIP_CONFIG),
+            super().__init__(device=device, textmodel_json_config=dict(spec.DEMO_CLIP_CONFIG),
                              return_projected_pooled=False, dtype=dtype, model_options=model_options)
 
     class DemoTokenizer(sd1_clip.SDTokenizer):
@@ -66,9 +67,9 @@ def demo_classes():
 
     class DemoSD15(sm.SD15):
         """SD1.5 with the demo's small widths. Not registered in comfy.supported_models.models."""
-        unet_config = {**sm.SD15.unet_config, "model_channels": tt.DEMO_UNET_CONFIG["model_channels"],
-                       "context_dim": tt.DEMO_UNET_CONFIG["context_dim"]}
-        unet_extra_config = {"num_heads": tt.DEMO_UNET_CONFIG["num_heads"], "num_head_channels": -1}
+        unet_config = {**sm.SD15.unet_config, "model_channels": spec.DEMO_UNET_CONFIG["model_channels"],
+                       "context_dim": spec.DEMO_UNET_CONFIG["context_dim"]}
+        unet_extra_config = {"num_heads": spec.DEMO_UNET_CONFIG["num_heads"], "num_head_channels": -1}
 
         def clip_target(self, state_dict={}):
             return smb.ClipTarget(DemoSD1Tokenizer, DemoSD1ClipModel)
@@ -79,7 +80,7 @@ def demo_classes():
 def model_config():
     """A fresh DemoSD15 instance (its ``unet_config`` is the full config the UNet is built from)."""
     DemoSD15 = demo_classes()[0]
-    return DemoSD15(dict(tt.DEMO_UNET_CONFIG))
+    return DemoSD15(dict(spec.DEMO_UNET_CONFIG))
 
 
 def controlnet_config(cfg) -> dict:
@@ -110,13 +111,13 @@ def raw_clip(dtype=torch.float32):
     import comfy.ops
     from comfy.clip_model import CLIPTextModel
 
-    return CLIPTextModel(dict(tt.DEMO_CLIP_CONFIG), dtype=dtype, device="cpu", operations=comfy.ops.disable_weight_init)
+    return CLIPTextModel(dict(spec.DEMO_CLIP_CONFIG), dtype=dtype, device="cpu", operations=comfy.ops.disable_weight_init)
 
 
 def raw_vae():
     import comfy.taesd.taesd as taesd
 
-    return taesd.TAESD(latent_channels=tt.DEMO_VAE_LATENT_CHANNELS)
+    return taesd.TAESD(latent_channels=spec.DEMO_VAE_LATENT_CHANNELS)
 
 
 # ------------------------------------------------------------------------- ComfyUI objects

@@ -9,16 +9,15 @@
 * ``rgb_factors(model)``: the model's latent -> RGB preview factors (ComfyUI latent format).
 * ``SamplerWrapper`` / ``with_sampler_options``: compose SAMPLER wrappers and hand extra keyword
   options (e.g. ``noise_sampler``) to the innermost k-diffusion sampler function.
-* ``install_post_cfg(model, key, fn)``: add a post-CFG function, replacing (not stacking) one
-  installed before under the same key.
+
+Frame indices and installing live in ``_patching`` (``frame_index``, ``install_post_cfg``).
 """
 from __future__ import annotations
 
-import inspect
 import logging
 
 from ..pipelines.early_stop import schedule_progress
-from ._patching import NAMESPACE
+from ._patching import accepts
 
 log = logging.getLogger("temporal_restore")
 
@@ -41,14 +40,6 @@ def run_key(options):
     return (id(ss), int(ss.numel()), float(ss[0]))
 
 
-def frame_index_of(options, frames: int) -> list[int]:
-    ns = (options or {}).get(NAMESPACE) or {}
-    idx = ns.get("frame_index")
-    if idx is None or len(idx) != frames:
-        return list(range(frames))
-    return [int(i) for i in idx]
-
-
 def rgb_factors(model):
     """``(factors [C][3], bias [3] | None)`` of the model's latent format, or ``(None, None)`` (the
     pipelines then use SD1.5's)."""
@@ -63,25 +54,6 @@ def rgb_factors(model):
     return fac, bias
 
 
-def install_post_cfg(model, key: str, fn):
-    """``model`` (already a clone) gets ``fn`` as post-CFG function; one installed before under ``key``
-    is removed first. ``fn`` is tagged with ``_temporal_restore = key``."""
-    fn._temporal_restore = key
-    mo = model.model_options
-    mo["sampler_post_cfg_function"] = [f for f in mo.get("sampler_post_cfg_function", [])
-                                       if getattr(f, "_temporal_restore", None) != key]
-    model.set_model_sampler_post_cfg_function(fn)
-    return model
-
-
-def _accepts(fn, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
 def with_sampler_options(sampler, **options):
     """A copy of ``sampler`` whose innermost k-diffusion sampler function gets ``options`` as extra
     keyword arguments (only those it accepts). Wrappers (``SamplerWrapper``) are rebuilt around the
@@ -92,7 +64,7 @@ def with_sampler_options(sampler, **options):
         return sampler.with_inner(with_sampler_options(sampler.inner, **options))
     if isinstance(sampler, comfy.samplers.KSAMPLER):
         fn = sampler.sampler_function
-        ok = {k: v for k, v in options.items() if _accepts(fn, k)}
+        ok = {k: v for k, v in options.items() if accepts(fn, k)}
         if len(ok) != len(options):
             log.info("temporal_restore: sampler %s ignores %s", getattr(fn, "__name__", fn),
                      sorted(set(options) - set(ok)))

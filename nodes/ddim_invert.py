@@ -26,7 +26,7 @@ import torch
 from comfy_api.latest import io
 
 from ..pipelines import ddim_inversion as di
-from ._checks import check_finite
+from ._checks import check_finite, check_steps
 
 log = logging.getLogger("temporal_restore")
 
@@ -71,7 +71,7 @@ def _sampler_function(kind: str, **opts):
     import comfy.model_management
 
     @torch.no_grad()
-    def fn(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    def fn(model, x, sigmas, extra_args=None, callback=None, disable=None, **kwargs):
         extra_args = {} if extra_args is None else extra_args
 
         def denoise(x_, s_):
@@ -115,8 +115,7 @@ def run_guided(model, positive, negative, cfg: float, latent: dict, sigmas: torc
 def invert(model, positive, negative, latent: dict, steps: int, cfg: float, denoise: float, refine: int = 0) -> dict:
     if not isinstance(latent, dict) or "samples" not in latent:
         raise ValueError("latent: expected a LATENT dict with 'samples'")
-    if int(steps) < 1:
-        raise ValueError(f"steps: expected an integer >= 1, got {steps}")
+    check_steps(steps, "steps")
     if not 0.0 < float(denoise) <= 1.0:
         raise ValueError(f"denoise: expected 0 < denoise <= 1, got {denoise}")
     ms = _model_sampling(model)
@@ -165,8 +164,7 @@ def restore_sigmas(model, latent: dict, steps: int, sigmas: torch.Tensor | None 
             raise ValueError(f"sigmas: the schedule starts at sigma {float(sigmas[0]):.5g} but the latent was inverted "
                              f"to sigma {s0:.5g}; leave sigmas unconnected to re-derive the schedule")
         return sigmas
-    if int(steps) < 1:
-        raise ValueError(f"steps: expected an integer >= 1, got {steps}")
+    check_steps(steps, "steps")
     out = schedule(ms, float(info["t_start"]), int(steps))
     if not math.isclose(float(out[0]), s0, rel_tol=1e-4, abs_tol=1e-6):
         raise ValueError(f"model: re-derived start sigma {float(out[0]):.5g} does not match the stored {s0:.5g}")

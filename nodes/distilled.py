@@ -10,8 +10,9 @@ Noise for the re-noising steps, first match wins:
    ``factory(x, seed, frame_index) -> noise_sampler(sigma, sigma_next)`` (how a NoiseShare-style
    model patch hands its correlated noise to this sampler);
 3. ``per_frame`` (default): one generator per absolute frame index, read from
-   ``transformer_options["temporal_restore"]["frame_index"]`` of the sampling call's model options when
-   it has one entry per batch item (TR_RecurrentRestore sets it per frame), else ``0..B-1``. So frames
+   ``transformer_options["temporal_restore"]["frame_index"]`` of the sampling call's model options
+   (TR_RecurrentRestore sets it per frame; a list of another length than the batch is refused by
+   ``_patching.frame_index``, as in every patch), else ``0..B-1``. So frames
    get the same step noise whichever window they are sampled in, as long as the caller publishes the
    indices there (TR_ILTChunker currently sets them per model call only, not for the sampler);
 4. otherwise one generator for the batch seeded with the sampling seed.
@@ -25,30 +26,24 @@ import torch
 from comfy_api.latest import io
 
 from ..pipelines import distilled
-from ._patching import NAMESPACE
+from ._patching import model_frame_index, tr_options
 from ._checks import check_sd15
 
 log = logging.getLogger("temporal_restore")
-
-
-def _tr_options(extra_args: dict) -> dict:
-    mo = extra_args.get("model_options") or {}
-    return (mo.get("transformer_options") or {}).get(NAMESPACE) or {}
 
 
 def make_sampler_function(eta: float, s_noise: float, per_frame: bool):
     """A k-diffusion sampler function ``fn(model, x, sigmas, extra_args, callback, disable, noise_sampler)``."""
 
     @torch.no_grad()
-    def sample_tr_distilled(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
+    def sample_tr_distilled(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None,
+                            **kwargs):
         extra_args = {} if extra_args is None else extra_args
         seed = extra_args.get("seed")
         if noise_sampler is None and eta > 0:
-            ns = _tr_options(extra_args)
-            factory = ns.get("noise_sampler")
-            idx = ns.get("frame_index")
-            if idx is None or len(idx) != x.shape[0]:
-                idx = list(range(x.shape[0]))
+            mo = extra_args.get("model_options")
+            factory = tr_options((mo or {}).get("transformer_options")).get("noise_sampler")
+            idx = model_frame_index(mo, x.shape[0])
             if callable(factory):
                 noise_sampler = factory(x, seed, list(idx))
             elif per_frame:

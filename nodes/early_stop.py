@@ -24,10 +24,9 @@ class EarlyStopSampler(SamplerWrapper):
         es.stop_index(1, stop_at)  # validates
         self.stop_at = float(stop_at)
 
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
+    def sample(self, model_wrap, sigmas, *args, **kwargs):
         cut = es.early_stop_sigmas(sigmas, self.stop_at)
-        return self.inner.sample(model_wrap, cut, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+        return self.inner.sample(model_wrap, cut, *args, **kwargs)
 
 
 _STOP_TOOLTIP = ("T_ES as a fraction of the schedule: sampling stops at the step at this point and returns that "

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..pipelines import flow as flowlib
 from ._types import FLOW
-from ._checks import check_finite
+from ._checks import check_choice, check_finite, check_frames
 
 log = logging.getLogger("temporal_restore")
 
@@ -67,10 +67,8 @@ class FlowEstimate(io.ComfyNode):
         import comfy.model_management as mm
         import comfy.utils
 
-        if images is None or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images: expected an IMAGE batch [T,H,W,3], got {getattr(images, 'shape', None)}")
-        if grid not in GRIDS:
-            raise ValueError(f"grid: expected one of {GRIDS}, got {grid!r}")
+        check_frames(images, "images", channels=(3,))
+        check_choice(grid, GRIDS, "grid")
         T, H, W, _ = images.shape
         div = {"latent (1/8)": 8, "half": 2, "full": 1}[grid]
         out_size = (max(1, H // div), max(1, W // div))

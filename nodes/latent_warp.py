@@ -15,7 +15,7 @@ from comfy_api.latest import io
 
 from ..pipelines import flow as flowlib
 from ..pipelines import latent_warp as lw
-from ._patching import NAMESPACE, clone_with_options, frame_index
+from ._patching import NAMESPACE, clone_with_options, frame_index, install_post_cfg
 from ._types import FLOW
 from ._checks import check_finite
 from ._flow_window import flow_window
@@ -59,7 +59,7 @@ def _latent_flow_fallback(x0: torch.Tensor) -> flowlib.FlowField:
     return flowlib.estimate_flow(img, preset="medium").to(device=x0.device)
 
 
-def latent_warp_post_cfg(args):
+def latent_warp_post_cfg(args, *rest, **kwargs):
     denoised = args["denoised"]
     to = args.get("model_options", {}).get("transformer_options", {})
     cfg = to.get(NAMESPACE, {}).get(KEY)
@@ -81,16 +81,10 @@ def latent_warp_post_cfg(args):
                                 seed=cfg.seed, strength=cfg.strength, flow_idx=flow_idx, num_frames=num_frames)
 
 
-latent_warp_post_cfg._temporal_restore = KEY
-
 
 def install_latent_warp(model, cfg: LatentWarpConfig):
     """Clone of ``model`` with the latent warp settings and (once) the post-CFG function."""
-    m = clone_with_options(model, KEY, cfg)
-    fns = m.model_options.get("sampler_post_cfg_function", [])
-    if not any(getattr(f, "_temporal_restore", None) == KEY for f in fns):
-        m.set_model_sampler_post_cfg_function(latent_warp_post_cfg)
-    return m
+    return install_post_cfg(clone_with_options(model, KEY, cfg), KEY, latent_warp_post_cfg)
 
 
 class LatentWarp(io.ComfyNode):

@@ -17,7 +17,9 @@ from comfy_api.latest import io
 
 from ..pipelines import noise_share as nsh
 from ._types import FLOW
-from ._zvrd import SamplerWrapper, frame_index_of, with_sampler_options
+from ._checks import check_latent
+from ._patching import model_frame_index
+from ._zvrd import SamplerWrapper, with_sampler_options
 
 log = logging.getLogger("temporal_restore")
 
@@ -30,10 +32,7 @@ class SharedNoise:
         self.seed = share.seed
 
     def generate_noise(self, input_latent):
-        lat = input_latent["samples"]
-        if getattr(lat, "is_nested", False) or lat.ndim != 4:
-            raise ValueError(f"latent: TR_NoiseShare expects an image latent batch [frames,C,h,w], "
-                             f"got {tuple(lat.shape) if not getattr(lat, 'is_nested', False) else 'a nested latent'}")
+        lat = check_latent(input_latent, "latent")
         idx = input_latent.get("batch_index")
         if idx is not None and (self.share.flow is None or len(idx) != lat.shape[0]):
             idx = None
@@ -45,13 +44,11 @@ class NoiseShareSampler(SamplerWrapper):
         super().__init__(inner)
         self.share = share
 
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
-        to = (extra_args.get("model_options") or {}).get("transformer_options", {})
-        idx = frame_index_of(to, noise.shape[0])
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, *args, **kwargs):
+        idx = model_frame_index(extra_args.get("model_options"), noise.shape[0])
         ns = self.share.step_sampler(noise, frame_index=idx if self.share.flow is not None else None)
         inner = with_sampler_options(self.inner, noise_sampler=ns)
-        return inner.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+        return inner.sample(model_wrap, sigmas, extra_args, callback, noise, *args, **kwargs)
 
 
 class NoiseShare(io.ComfyNode):

@@ -11,10 +11,11 @@ of a NOISE input) and ``transformer_options["temporal_restore"]["frame_index"] =
 With ``strength = 0`` every frame is sampled exactly like a plain per-frame run.
 
 Conditioning entries and ControlNet hints with one entry per frame (e.g. TR_TaskPromptControlNet) are
-sliced to the frames being sampled (``nodes/ilt.slice_conditioning``).
+sliced to the frames being sampled (``nodes/_conditioning.slice_conditioning``).
 
-Frame indices ``i_t``: the latent's ``batch_index`` when it has one per frame, else the model's
-``frame_index`` option (set by a chunker) when it has one per frame, else ``0..T-1``.
+Frame indices ``i_t``: the latent's ``batch_index`` when it has one, else the model's ``frame_index``
+option (set by a chunker), else ``0..T-1``; either list must have one entry per frame
+(``_patching.resolve_frame_index``: a mismatch is an error, as in every patch).
 """
 from __future__ import annotations
 
@@ -25,22 +26,19 @@ import torch
 from comfy_api.latest import io
 
 from ..pipelines import recurrent_align
-from ._patching import clone_with_options, get_option
+from ._checks import check_finite, check_latent, check_same_frames
+from ._conditioning import slice_conditioning, slice_frames
+from ._patching import clone_with_options, model_frame_index, resolve_frame_index
 from ._types import FLOW
-from ._checks import check_finite
-from .ilt import slice_conditioning
 
 log = logging.getLogger("temporal_restore")
 
 
 def _frame_indices(latent: dict, model, T: int) -> list[int]:
     bi = latent.get("batch_index")
-    if bi is not None and len(bi) == T:
-        return [int(i) for i in bi]
-    fi = get_option(model, "frame_index")
-    if fi is not None and len(fi) == T:
-        return [int(i) for i in fi]
-    return list(range(T))
+    if bi is not None:
+        return resolve_frame_index(bi, T, "latent")
+    return model_frame_index(model.model_options, T)
 
 
 def _with_hint(conditioning, control_net, hint, strength, vae, memo):
@@ -70,14 +68,9 @@ def recurrent_sample(model, positive, negative, sampler, sigmas, latent: dict, i
     import comfy.sample
     import comfy.utils
 
-    samples = latent["samples"]
-    if samples.is_nested or samples.dim() != 4:
-        raise ValueError(f"latent: expected image latents [frames, C, h, w], got shape {tuple(samples.shape)}")
+    samples = check_latent(latent, "latent")
     T = int(samples.shape[0])
-    if T < 1:
-        raise ValueError("latent: expected at least 1 frame, got 0")
-    if images.shape[0] != T:
-        raise ValueError(f"images: expected {T} degraded frames (one per latent frame), got {images.shape[0]}")
+    check_same_frames(samples, images, ("latent", "images"))
     recurrent_align.check_strength(strength)
     samples = comfy.sample.fix_empty_latent_channels(model, samples)
     idx = _frame_indices(latent, model, T)
@@ -111,9 +104,7 @@ def recurrent_sample(model, positive, negative, sampler, sigmas, latent: dict, i
             n = full_noise[sl]
         else:  # frame t always gets the noise of seed + its absolute index, whatever the grouping
             n = torch.cat([comfy.sample.prepare_noise(x_init[j:j + 1], int(seed) + idx[t]) for j, t in enumerate(ts)])
-        mask = noise_mask
-        if mask is not None and mask.dim() > 0 and mask.shape[0] == T and T > 1:
-            mask = mask[sl]
+        mask = slice_frames(noise_mask, sl, T)
         return comfy.sample.sample_custom(m, n, cfg, sampler, sigmas, pos, neg, x_init, noise_mask=mask,
                                           disable_pbar=disable_pbar, seed=frame_seed)
 

@@ -21,9 +21,10 @@ import logging
 from comfy_api.latest import io
 
 from ..pipelines import slr_attention as slr
-from ._patching import chunk_layout, clone_with_options, frame_index
+from ._patching import (chunk_layout, clone_with_options, fallback_attention, frame_index, install_attn1_replace,
+                        install_post_cfg)
 from ._types import FLOW
-from ._zvrd import install_post_cfg, rgb_factors, run_key, step_progress
+from ._zvrd import rgb_factors, run_key, step_progress
 
 log = logging.getLogger("temporal_restore")
 
@@ -69,7 +70,7 @@ class SLRPatch:
     def __deepcopy__(self, memo):  # ModelPatcher.clone() deep-copies model_options: share the state
         return self
 
-    def __call__(self, q, k, v, extra_options):
+    def __call__(self, q, k, v, extra_options, *args, **kwargs):
         n_chunks, frames = chunk_layout(extra_options, q.shape[0])
         idx = frame_index(extra_options, frames)
         heads = extra_options["n_heads"]
@@ -78,19 +79,7 @@ class SLRPatch:
         act = extra_options.get("activations_shape")
         hw = tuple(act[-2:]) if act is not None else None
         largest = self.largest and hw is not None and hw[0] * hw[1] == q.shape[1] and progress is not None
-        if self.prev is not None:
-            prev = self.prev
-
-            def attention(q_, k_, v_, h_):
-                return prev(q_, k_, v_, extra_options)
-        else:
-            from comfy.ldm.modules.attention import optimized_attention
-
-            precision = extra_options.get("attn_precision")
-
-            def attention(q_, k_, v_, h_):
-                return optimized_attention(q_, k_, v_, h_, attn_precision=precision)
-        self.state.attention = attention
+        self.state.attention = fallback_attention(self.prev, extra_options)
         given = list(extra_options.get("cond_or_uncond") or [0])
         labels = [given[c] if c < len(given) else c for c in range(n_chunks)]
         return self.state(q, k, v, heads, idx, chunk=labels, hw=hw,
@@ -106,12 +95,11 @@ class X0Recorder:
     def __deepcopy__(self, memo):
         return self
 
-    def __call__(self, args):
+    def __call__(self, args, *rest, **kwargs):
         x0 = args["denoised"]
         to = (args.get("model_options") or {}).get("transformer_options", {})
         self.state.new_run(run_key(to))
-        opts = {"temporal_restore": to.get("temporal_restore")}
-        idx = frame_index(opts, x0.shape[0])
+        idx = frame_index(to, x0.shape[0])
         self.state.record_x0(x0, tuple(idx))
         return x0
 
@@ -128,12 +116,9 @@ def install_slr(model, flow=None, trajectory_start=0.5, strength=1.0, search_rad
                 "search_radius": int(search_radius), "patch_radius": int(patch_radius),
                 "x0_flow": bool(x0_flow), "flow": flow is not None, "largest_blocks": sorted(largest)}
     m = clone_with_options(model, KEY, settings)
-    replace = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
     for number, t_index in blocks:
-        prev = replace.get(("output", number, t_index))
-        while getattr(prev, "_temporal_restore", None) == KEY:
-            prev = prev.prev
-        m.set_model_attn1_replace(SLRPatch(state, number in largest, prev), "output", number, t_index)
+        install_attn1_replace(m, KEY, lambda prev, n=number: SLRPatch(state, n in largest, prev), "output", number,
+                              t_index)
     install_post_cfg(m, KEY, X0Recorder(state))
     log.debug("SLR attention on %d decoder transformers, trajectories on output %s", len(blocks), sorted(largest))
     return m, state

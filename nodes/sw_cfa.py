@@ -5,9 +5,9 @@ averaged over the frames ``i-N .. i+N`` of the same cond/uncond chunk (see ``pip
 
 * Installed with ``set_model_attn1_replace`` per block on a ``model.clone()``; the settings are
   also recorded under ``transformer_options["temporal_restore"]["sw_cfa"]``.
-* Installing twice replaces (never stacks): a replace patch already installed by this node is
-  unwrapped first. A foreign attn1 replace patch already on a block is kept and called for the
-  attention itself, with SW-CFA's averaged keys/values.
+* Installing twice replaces (never stacks; ``_patching.install_attn1_replace``). A foreign attn1
+  replace patch already on a block is kept and called for the attention itself, with SW-CFA's
+  averaged keys/values (``_patching.fallback_attention``).
 * The ControlNet's own UNet: ComfyUI runs it without ``transformer_options`` (comfy/cldm), so these
   patches never apply there; the ControlNet sees per-frame attention. Tested in test_tdm_nodes.
 * Chunked sampling: windows use the absolute ``frame_index`` of the chunker but only frames present
@@ -20,7 +20,7 @@ import logging
 from comfy_api.latest import io
 
 from ..pipelines import sw_cfa
-from ._patching import chunk_layout, clone_with_options, tr_options
+from ._patching import chunk_layout, clone_with_options, fallback_attention, frame_index, install_attn1_replace
 
 log = logging.getLogger("temporal_restore")
 
@@ -42,27 +42,12 @@ class SWCFAAttention:
     def __deepcopy__(self, memo):  # immutable: ModelPatcher.clone() deep-copies model_options
         return self
 
-    def __call__(self, q, k, v, extra_options):
+    def __call__(self, q, k, v, extra_options, *args, **kwargs):
         n_chunks, frames = chunk_layout(extra_options, q.shape[0])
-        index = tr_options(extra_options).get("frame_index")
-        if index is not None:
-            index = list(index)
-        heads = extra_options["n_heads"]
-        if self.prev is not None:
-            prev = self.prev
-
-            def attention(q_, k_, v_, h_):
-                return prev(q_, k_, v_, extra_options)
-        else:
-            from comfy.ldm.modules.attention import optimized_attention
-
-            precision = extra_options.get("attn_precision")
-
-            def attention(q_, k_, v_, h_):
-                return optimized_attention(q_, k_, v_, h_, attn_precision=precision, transformer_options=extra_options)
-
-        return sw_cfa.sw_cfa_attention(q, k, v, heads, n_chunks=n_chunks, mode=self.mode, radius=self.radius,
-                                       index=index, attention=attention)
+        index = frame_index(extra_options, frames)
+        return sw_cfa.sw_cfa_attention(q, k, v, extra_options["n_heads"], n_chunks=n_chunks, mode=self.mode,
+                                       radius=self.radius, index=index,
+                                       attention=fallback_attention(self.prev, extra_options))
 
 
 def attn1_blocks(model) -> list[tuple[str, int]]:
@@ -131,12 +116,8 @@ def install_sw_cfa(model, mode: str = "sw_cfa", radius: int = 3, blocks: str = "
         raise ValueError(f"radius: expected an integer >= 0, got {radius}")
     selected = parse_blocks(blocks, attn1_blocks(model))
     m = clone_with_options(model, KEY, {"mode": mode, "radius": int(radius), "blocks": selected})
-    replace = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
     for name, number in selected:
-        prev = replace.get((name, number))
-        while getattr(prev, "_temporal_restore", None) == KEY:
-            prev = prev.prev
-        m.set_model_attn1_replace(SWCFAAttention(mode, radius, prev), name, number)
+        install_attn1_replace(m, KEY, lambda prev: SWCFAAttention(mode, radius, prev), name, number)
     log.debug("SW-CFA %s N=%d on %d blocks", mode, radius, len(selected))
     return m
 

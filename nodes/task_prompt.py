@@ -26,20 +26,14 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ._patching import NAMESPACE
+from ..pipelines import tasks
+from ._checks import check_frames
+from ._patching import resolve_frame_index, tr_options
 
 log = logging.getLogger("temporal_restore")
 
-TASK_PROMPTS = {
-    "dehaze": "remove the haze",
-    "derain": "remove the rain",
-    "denoise": "remove the noise",
-    "deblock (MP4 de-compression)": "remove the compression artifacts",
-    "super-resolution": "increase the resolution",
-    "deblur": "remove the blur",
-    "low light": "brighten the image",
-    "custom": None,
-}
+# combo label -> prompt (labels and prompts from pipelines/tasks.py; "custom" takes custom_prompt)
+TASK_PROMPTS = {**{label: tasks.TASK_PROMPTS[task] for task, label in tasks.NODE_LABELS.items()}, "custom": None}
 
 _UNSET = object()
 
@@ -50,16 +44,13 @@ class FrameAlignedControlMixin:
     _tr_full_hint = None
     _tr_key = _UNSET
 
-    def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+    def get_control(self, x_noisy, t, cond, batched_number, transformer_options=None, *args, **kwargs):
         full = self._tr_full_hint
         if full is not None and full.shape[0] > 1:
             frames = x_noisy.shape[0] // max(int(batched_number), 1)
-            ns = (transformer_options or {}).get(NAMESPACE, {})
-            idx = ns.get("frame_index") if isinstance(ns, dict) else None
+            idx = tr_options(transformer_options).get("frame_index")
             if idx is not None:
-                idx = [int(i) for i in idx]
-                if len(idx) != frames:
-                    raise ValueError(f"frame_index: expected {frames} indices (one per latent frame), got {len(idx)}")
+                idx = resolve_frame_index(idx, frames)
                 if min(idx) < 0 or max(idx) >= full.shape[0]:
                     raise ValueError(f"image: the ControlNet hint has {full.shape[0]} frames but the sampled window "
                                      f"needs frames {min(idx)}..{max(idx)}; give one hint frame per video frame")
@@ -73,7 +64,7 @@ class FrameAlignedControlMixin:
                 self.cond_hint_original = full if key is None else full[list(key)]
                 self.cond_hint = None  # re-prepared (resized / preprocessed) for these frames
                 self._tr_key = key
-        return super().get_control(x_noisy, t, cond, batched_number, transformer_options)
+        return super().get_control(x_noisy, t, cond, batched_number, transformer_options, *args, **kwargs)
 
     def cleanup(self):
         super().cleanup()
@@ -106,8 +97,7 @@ def make_frame_aligned(control, full_hint):
 def apply_controlnet(positive, negative, control_net, image: torch.Tensor, strength: float,
                      start_percent: float, end_percent: float, vae=None):
     """ControlNetApplyAdvanced with a frame-aligned ControlNet. ``image`` is IMAGE ``[F, H, W, C]``."""
-    if image.ndim != 4:
-        raise ValueError(f"image: expected an IMAGE batch [frames, height, width, channels], got shape {tuple(image.shape)}")
+    check_frames(image, "image")
     if not 0.0 <= start_percent <= end_percent <= 1.0:
         raise ValueError(f"start_percent/end_percent: expected 0 <= start <= end <= 1, got {start_percent}, {end_percent}")
     if strength == 0:

@@ -22,9 +22,9 @@ from comfy_api.latest import io
 
 from ..pipelines import tc_guidance as tcg
 from ._checks import check_finite
-from ._patching import clone_with_options
+from ._patching import clone_with_options, frame_index, install_post_cfg
 from ._types import FLOW
-from ._zvrd import frame_index_of, install_post_cfg, rgb_factors, run_key, step_progress
+from ._zvrd import rgb_factors, run_key, step_progress
 
 log = logging.getLogger("temporal_restore")
 
@@ -91,7 +91,7 @@ class GuidancePostCFG:
     def __deepcopy__(self, memo):
         return self
 
-    def __call__(self, args):
+    def __call__(self, args, *rest, **kwargs):
         x0 = args["denoised"]
         if self.guide.scale != 0.0:  # a non-finite x0 would silently poison the flow-warp gradient
             check_finite(x0, "latent")
@@ -101,7 +101,7 @@ class GuidancePostCFG:
         progress = step_progress(opts)
         if progress is None:
             return x0
-        idx = frame_index_of(to, x0.shape[0])
+        idx = frame_index(to, x0.shape[0])
         try:
             return self.guide(x0, progress, idx, run_key(to))
         except RuntimeError as e:  # e.g. CLIP vision weights that refuse autograd

@@ -18,7 +18,7 @@ import torch
 from comfy_api.latest import io
 
 from ..pipelines import te3d_vae
-from ._checks import check_finite
+from ._checks import check_finite, check_latent
 
 log = logging.getLogger("temporal_restore")
 
@@ -78,10 +78,7 @@ def te3d_decode(vae, samples: torch.Tensor, mode: str = "te3d", chunk: int = 8, 
     import comfy.model_management as mm
     import comfy.utils
 
-    if samples.dim() != 4:
-        raise ValueError(f"samples: expected image latents [frames, C, h, w], got shape {tuple(samples.shape)}")
-    if samples.shape[0] < 1:
-        raise ValueError("samples: expected at least 1 frame, got 0")
+    check_latent(samples, "samples")
     mm.load_models_gpu([vae.patcher])
     model = build_decoder(vae, mode, kv_radius, weights)
     p = next(model.parameters())

@@ -13,7 +13,8 @@ from comfy_api.latest import io
 
 from ..pipelines import latent_warp as lw
 from ..pipelines import token_merge as tm
-from ._patching import chunk_layout, clone_with_options, frame_index, tr_options
+from ._patching import (chunk_layout, clone_with_options, frame_index, install_attn1_output_patch, install_attn1_patch,
+                        tr_options)
 from ._types import FLOW
 from ._flow_window import flow_window
 
@@ -85,7 +86,7 @@ def _token_grid(extra_options, n_tokens):
     return None
 
 
-def token_merge_attn1_patch(n, context, value, extra_options):
+def token_merge_attn1_patch(n, context, value, extra_options, *args, **kwargs):
     cfg = tr_options(extra_options).get(KEY)
     if cfg is None:
         return n, context, value
@@ -142,10 +143,8 @@ def token_merge_attn1_patch(n, context, value, extra_options):
     return m, m, m
 
 
-token_merge_attn1_patch._temporal_restore = KEY
 
-
-def token_merge_attn1_output_patch(n, extra_options):
+def token_merge_attn1_output_patch(n, extra_options, *args, **kwargs):
     cfg = tr_options(extra_options).get(KEY)
     if cfg is None:
         return n
@@ -159,8 +158,6 @@ def token_merge_attn1_output_patch(n, extra_options):
     return unmerge(n)
 
 
-token_merge_attn1_output_patch._temporal_restore = KEY
-
 
 def install_token_merge(model, cfg: TokenMergeConfig):
     """Clone of ``model`` with the token-merge settings and (once) the two attention patches."""
@@ -168,12 +165,8 @@ def install_token_merge(model, cfg: TokenMergeConfig):
     if m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1"):
         log.warning("temporal_restore: TR_TokenMerge on a model with attn1 replacement patches (e.g. SW-CFA): those "
                     "see the merged token chunks instead of per-frame batches; prefer one of the two")
-    patches = m.model_options.get("transformer_options", {}).get("patches", {})
-    if not any(getattr(f, "_temporal_restore", None) == KEY for f in patches.get("attn1_patch", [])):
-        m.set_model_attn1_patch(token_merge_attn1_patch)
-    if not any(getattr(f, "_temporal_restore", None) == KEY for f in patches.get("attn1_output_patch", [])):
-        m.set_model_attn1_output_patch(token_merge_attn1_output_patch)
-    return m
+    install_attn1_patch(m, KEY, token_merge_attn1_patch)
+    return install_attn1_output_patch(m, KEY, token_merge_attn1_output_patch)
 
 
 class TokenMerge(io.ComfyNode):

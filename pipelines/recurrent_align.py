@@ -236,16 +236,3 @@ def recurrent_restore(latents: Tensor, images: Tensor, restore: Callable[[list, 
             for t in ts:
                 on_frame(t)
     return out, conf
-
-
-def warping_error(frames: Tensor, flow: FlowField, mask_occluded: bool = True) -> float:
-    """Mean ``|warp(x_{t}, f(t+1 -> t)) - x_{t+1}|`` over non-occluded pixels of ``frames [T,H,W,3]``
-    (the temporal-consistency metric E_warp), flow measured on the degraded / reference clip."""
-    fl = flow.resized(frames.shape[1], frames.shape[2])
-    x = frames.permute(0, 3, 1, 2).float()
-    warped = warp(x[:-1], fl.backward.float())
-    err = (warped - x[1:]).abs().mean(1, keepdim=True)
-    if not mask_occluded:
-        return float(err.mean())
-    m = 1.0 - fl.occlusion_bwd.float()
-    return float((err * m).sum() / m.sum().clamp_min(1))

@@ -4,14 +4,16 @@ demo model. Pure torch/numpy: never imports ``comfy`` (the trainers in ``scripts
 TDM fine-tunes a ControlNet on *single* (degraded, clean) image pairs, the text prompt naming the task
 ("remove the noise", "increase the resolution", ...): Task Prompt Guidance. This module provides
 
-* the task list and prompts (the same strings as the ``TR_TaskPromptControlNet`` node),
+* the task list and prompts (re-exported from ``pipelines.tasks``, which the ``TR_TaskPromptControlNet``
+  node reads too),
 * natural training images from ``skimage.data`` split into train / held-out images
   (the held-out ones are the images of the bundled sample clip),
 * seeded random crops ``[N, S, S, 3]`` with scale / flip / colour augmentation,
 * degraded inputs at the clean size (``pipelines.degrade``; super-resolution inputs are bicubic
   upsampled back, as the ControlNet hint of a restorer is a full-size image),
 * the SD1.x discrete noise schedule in sigma form and the loss of eps-prediction training,
-* the architecture spec of the demo model (plain dicts, so the node and the trainer share them).
+* the architecture spec of the demo model (re-exported from ``pipelines.demo_spec``, which the runtime
+  demo loader reads without importing this training module).
 
 Shapes: images are ComfyUI IMAGE batches ``[N, H, W, 3]`` float32 in 0..1; latents ``[N, 4, H/8, W/8]``.
 """
@@ -24,20 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from . import degrade as _degrade
-
-# Task name (pipelines.degrade) -> task prompt. The prompts are TR_TaskPromptControlNet's (nodes/task_prompt.py).
-TASK_PROMPTS = {
-    "denoise": "remove the noise",
-    "sr_x4": "increase the resolution",
-    "derain": "remove the rain",
-    "deblur": "remove the blur",
-    "jpeg": "remove the compression artifacts",
-    "dehaze": "remove the haze",
-    "low_light": "brighten the image",
-}
-DEMO_TASKS = ("denoise", "sr_x4", "derain", "deblur")
-#: another task whose prompt is the "wrong task prompt" of the TPG ablation (TDM Table 4, harsher form)
-WRONG_TASK = {"denoise": "derain", "sr_x4": "denoise", "derain": "deblur", "deblur": "sr_x4"}
+from .demo_spec import (DEMO_CLIP_CONFIG, DEMO_UNET_CONFIG, DEMO_VAE_LATENT_CHANNELS,  # noqa: F401 (re-exported)
+                        SD15_SCALE_FACTOR)
+from .tasks import DEMO_TASKS, TASK_PROMPTS, WRONG_TASK  # noqa: F401 (re-exported for the trainers)
 
 # skimage.data images bundled with scikit-image (no download). Held out: the sample clip's images.
 # "motorcycle_left" / "motorcycle_right" are the two views of skimage.data.stereo_motorcycle() (bundled too).
@@ -46,32 +37,6 @@ TRAIN_IMAGES = ("coffee", "chelsea", "immunohistochemistry", "hubble_deep_field"
                 "motorcycle_left", "motorcycle_right")
 _STEREO = {"motorcycle_left": 0, "motorcycle_right": 1}
 HELDOUT_IMAGES = ("astronaut", "rocket")
-
-# ---------------------------------------------------------------------------------------------- demo spec
-# SD1.5 block layout (num_res_blocks 2, attention at input 1,2,4,5,7,8 / middle / output 3-11) at a small
-# width: model_channels 32, context_dim 64, 2 heads.
-DEMO_UNET_CONFIG = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 32,
-    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "channel_mult": [1, 2, 2, 2], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
-    "context_dim": 64, "num_heads": 2, "num_head_channels": -1,
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}
-# CLIP text model behind the real SD1 tokenizer: 2 layers, 64 wide (HF CLIPTextConfig keys).
-DEMO_CLIP_CONFIG = {
-    "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0,
-    "eos_token_id": 49407, "hidden_act": "quick_gelu", "hidden_size": 64, "initializer_factor": 1.0,
-    "initializer_range": 0.02, "intermediate_size": 128, "layer_norm_eps": 1e-05,
-    "max_position_embeddings": 77, "model_type": "clip_text_model", "num_attention_heads": 2,
-    "num_hidden_layers": 2, "pad_token_id": 1, "projection_dim": 64, "torch_dtype": "float32",
-    "vocab_size": 49408,
-}
-# VAE: TAESD-shaped (ComfyUI recognises it by its keys): x8 downsampling to 4 latent channels like SD's VAE.
-DEMO_VAE_LATENT_CHANNELS = 4
-SD15_SCALE_FACTOR = 0.18215  # comfy.latent_formats.SD15
-
 
 # ---------------------------------------------------------------------------------------------- images
 def load_image(name: str) -> np.ndarray:

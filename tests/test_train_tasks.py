@@ -1,15 +1,10 @@
 """pipelines.train_tasks: training pairs for task-prompt ControlNet fine-tuning (pure torch/numpy)."""
 from __future__ import annotations
 
-import ast
-import os
-
 import pytest
 import torch
 
 from temporal_restore.pipelines import train_tasks as tt
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _images():
@@ -55,13 +50,19 @@ def test_noisy_input_and_loss_weighting():
     assert float(tt.eps_loss(e, n, s, "x0")) == pytest.approx((0.25 + 4.0) / 2)  # sigma^2 capped at 4
 
 
-def test_prompts_agree_with_task_prompt_node():
-    """The training prompts are the TR_TaskPromptControlNet prompts (read from its source, no ComfyUI needed)."""
-    src = open(os.path.join(REPO, "nodes", "task_prompt.py")).read()
-    node = next(ast.literal_eval(n.value) for n in ast.walk(ast.parse(src))
-                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "TASK_PROMPTS")
+def test_every_task_has_one_prompt_and_a_node_label():
+    """The prompts live once (pipelines.tasks): the trainers see the same objects, every task the demo is
+    trained on can be picked in TR_TaskPromptControlNet (it has a combo label; labels are distinct), and
+    the ablation's wrong prompt is another demo task's, a different string."""
+    from temporal_restore.pipelines import tasks
+
+    assert tt.TASK_PROMPTS is tasks.TASK_PROMPTS and tt.DEMO_TASKS is tasks.DEMO_TASKS
+    assert set(tasks.NODE_LABELS) == set(tasks.TASK_PROMPTS)
+    assert len(set(tasks.NODE_LABELS.values())) == len(tasks.NODE_LABELS)
+    assert len(set(tasks.TASK_PROMPTS.values())) == len(tasks.TASK_PROMPTS)
     for task in tt.DEMO_TASKS:
-        assert tt.TASK_PROMPTS[task] in node.values(), task
+        wrong = tt.WRONG_TASK[task]
+        assert wrong in tt.DEMO_TASKS and tt.TASK_PROMPTS[wrong] != tt.TASK_PROMPTS[task], task
 
 
 def test_heldout_images_never_in_training():
