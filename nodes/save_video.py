@@ -9,8 +9,7 @@ import os
 
 import folder_paths
 from comfy.cli_args import args
-from comfy_api.latest import io, ui
-from comfy_api.latest._util import VideoCodec, VideoContainer
+from comfy_api.latest import Types, io, ui
 
 from ._checks import check_output_prefix
 
@@ -40,8 +39,8 @@ class SaveVideoAtomic(io.ComfyNode):
                 io.Video.Input("video", tooltip="The restored video (e.g. from CreateVideo, with the source audio)."),
                 io.String.Input("filename_prefix", default="temporal_restore/restored",
                                 tooltip="Prefix of the file in ComfyUI's output folder (subfolders allowed)."),
-                io.Combo.Input("format", options=VideoContainer.as_input(), default="auto", tooltip="Container format."),
-                io.Combo.Input("codec", options=VideoCodec.as_input(), default="auto", tooltip="Video codec."),
+                io.Combo.Input("format", options=Types.VideoContainer.as_input(), default="auto", tooltip="Container format."),
+                io.Combo.Input("codec", options=Types.VideoCodec.as_input(), default="auto", tooltip="Video codec."),
             ],
             outputs=[],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
@@ -54,7 +53,7 @@ class SaveVideoAtomic(io.ComfyNode):
         width, height = video.get_dimensions()
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory(), width, height)
-        ext = VideoContainer.get_extension(format)
+        ext = Types.VideoContainer.get_extension(format)
         final = f"{filename}_{counter:05}_.{ext}"
         partial = os.path.join(folder, f"{filename}_{counter:05}_.partial.{ext}")
         try:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+
+from . import launch
+from .launch import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFY_DIR = os.environ.get("TR_COMFY_DIR", os.path.join(REPO, ".host", "ComfyUI"))
@@ -136,12 +137,6 @@ def describe_rejection(text: str) -> str:
     return "workflow rejected by the server: " + "; ".join(parts)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LocalServer:
     """Starts the host ComfyUI (built by scripts/setup.sh) on 127.0.0.1 with the pack linked in."""
 
@@ -175,27 +170,14 @@ class LocalServer:
             raise RunnerError(f"no local ComfyUI at {COMFY_DIR}: run `bash scripts/setup.sh` or pass --server URL", EXIT_SERVER)
         extra = self._prepare()
         self.log_path = os.path.join(self.base, "server.log")
-        log = open(self.log_path, "w")
-        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", self.base, "--database-url", "sqlite:///:memory:",
-               "--disable-auto-launch", "--disable-api-nodes", *extra]
-        self.proc = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
         client = Client(self.url)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RunnerError(f"local ComfyUI exited with {self.proc.returncode} (log: {self.log_path})", EXIT_SERVER)
-            if client.ping(1):
-                return self.url
-            time.sleep(0.3)
-        self.stop()
-        raise RunnerError(f"local ComfyUI not ready after {timeout}s (log: {self.log_path})", EXIT_SERVER)
+        try:
+            self.proc = launch.start(launch.server_command(self.python, self.port, self.base, extra), COMFY_DIR,
+                                     open(self.log_path, "w"), lambda: client.ping(1), timeout, "local ComfyUI",
+                                     self.log_path, new_session=True)
+        except launch.LaunchError as e:
+            raise RunnerError(str(e), EXIT_SERVER) from None
+        return self.url
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        launch.stop(self.proc)

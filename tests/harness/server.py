@@ -1,10 +1,10 @@
 """A real headless ComfyUI server on 127.0.0.1 (a free port), driven over HTTP like any API client."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,10 +16,17 @@ import uuid
 from . import paths
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _load_launcher():
+    """tr_cli/launch.py (the launcher the runner uses too), loaded by path: the repo is never put on sys.path."""
+    spec = importlib.util.spec_from_file_location("temporal_restore_launch", os.path.join(paths.REPO, "tr_cli",
+                                                                                         "launch.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+launch = _load_launcher()
+free_port = launch.free_port
 
 
 class ServerError(RuntimeError):
@@ -40,35 +47,26 @@ class ComfyServer:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, timeout: float = 120.0) -> "ComfyServer":
-        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", self.base, "--database-url", "sqlite:///:memory:",
-               "--disable-auto-launch", "--disable-api-nodes"]
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=paths.COMFY_DIR, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise ServerError(f"ComfyUI server exited with {self.proc.returncode}; log: {self.log_path}\n{self.log_tail()}")
-            try:
-                self.get("/system_stats", timeout=2)
-                return self
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.3)
-        self.stop()
-        raise ServerError(f"ComfyUI server not ready after {timeout}s; log: {self.log_path}\n{self.log_tail()}")
+        try:
+            self.proc = launch.start(launch.server_command(self.python, self.port, self.base), paths.COMFY_DIR,
+                                     self._log, self._ready, timeout, "ComfyUI server", self.log_path)
+        except launch.LaunchError as e:
+            raise ServerError(f"{e}\n{self.log_tail()}") from None
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            self.get("/system_stats", timeout=2)
+            return True
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        launch.stop(self.proc)
         if getattr(self, "_log", None):
             self._log.close()
 
