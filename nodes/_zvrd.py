@@ -94,5 +94,5 @@ class SamplerWrapper:
         clone.inner = inner
         return clone
 
-    def max_denoise(self, model_wrap, sigmas):
-        return _sampler_base().max_denoise(self, model_wrap, sigmas)
+    def max_denoise(self, model_wrap, sigmas, *args, **kwargs):
+        return _sampler_base().max_denoise(self, model_wrap, sigmas, *args, **kwargs)

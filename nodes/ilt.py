@@ -114,7 +114,7 @@ class RescheduledNoiseObject:
         self.seed, self.window, self.overlap = int(seed), int(window), int(overlap)
         ilt.plan_windows(1, self.window, self.overlap)  # validate early
 
-    def generate_noise(self, input_latent):
+    def generate_noise(self, input_latent, *args, **kwargs):
         x = input_latent["samples"]
         if x.is_nested or x.dim() < 2 or x.shape[0] < 1:
             raise ValueError(f"latent: expected [frames, ...] with at least one frame, got {tuple(x.shape)}")

@@ -31,7 +31,7 @@ class SharedNoise:
         self.share = share
         self.seed = share.seed
 
-    def generate_noise(self, input_latent):
+    def generate_noise(self, input_latent, *args, **kwargs):
         lat = check_latent(input_latent, "latent")
         idx = input_latent.get("batch_index")
         if idx is not None and (self.share.flow is None or len(idx) != lat.shape[0]):

@@ -55,6 +55,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from .checks import check_unit
+
 SCHEDULES = ("trailing", "lcm", "turbo")
 MAX_STEPS = 8
 
@@ -192,9 +194,7 @@ def sample_distilled(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: O
     0 = deterministic DDIM. noise_scaling: ``(sigma, noise, x0) -> x`` (default ``x0 + sigma*noise``).
     Returns the final sample ``[B, C, h, w]`` (equal to the last x0 prediction when ``sigmas[-1] == 0``).
     """
-    eta = float(eta)
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta: expected a value in [0, 1], got {eta}")
+    eta = check_unit(eta, "eta")
     if sigmas.ndim != 1 or sigmas.numel() < 1:
         raise ValueError(f"sigmas: expected a 1-D schedule, got shape {tuple(sigmas.shape)}")
     extra_args = {} if extra_args is None else extra_args

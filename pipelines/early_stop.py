@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from .checks import check_unit
+
 Tensor = torch.Tensor
 
 
@@ -35,17 +37,10 @@ def _check_sigmas(sigmas) -> Tensor:
     return sigmas
 
 
-def _check_fraction(value: float, name: str) -> float:
-    value = float(value)
-    if not (0.0 <= value <= 1.0) or math.isnan(value):
-        raise ValueError(f"{name}: expected a fraction of the schedule in [0, 1], got {value}")
-    return value
-
-
 def stop_index(num_steps: int, stop_at: float) -> int:
     """Index ``k`` of the step whose x0 estimate is returned: ``round(stop_at * num_steps)``
     (``num_steps`` means "no early stop")."""
-    stop_at = _check_fraction(stop_at, "stop_at")
+    stop_at = check_unit(stop_at, "stop_at", "a fraction of the schedule")
     if num_steps < 1:
         raise ValueError(f"num_steps: expected at least one step, got {num_steps}")
     return int(min(num_steps, max(0, math.floor(stop_at * num_steps + 0.5))))

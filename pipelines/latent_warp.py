@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .checks import check_unit
 from .flow import FlowField, warp
 
 Tensor = torch.Tensor
@@ -115,8 +116,7 @@ def hierarchical_warp(x0: Tensor, flow: FlowField, frame_idx: Sequence[int], bat
         raise ValueError(f"flow: covers {flow.num_frames} frames but frame index {max(fidx)} was requested "
                          "(connect the FLOW of the same clip)")
     to_flow = dict(zip(idx, fidx))
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength: expected a value in [0,1], got {strength}")
+    check_unit(strength, "strength")
     out = x0.clone()
     if n < 2 or strength == 0:
         return out

@@ -39,24 +39,12 @@ from typing import Callable, Optional
 
 import torch
 
+from .checks import check_latents, check_unit
 from .flow import FlowField, warp
 
 Tensor = torch.Tensor
 
 DEFAULT_LAMBDA = 0.5
-
-
-def _check_latent(x, name: str = "latent") -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name}: expected a latent batch [frames,C,h,w], got {shape}")
-
-
-def _check_lambda(lam: float) -> float:
-    lam = float(lam)
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam: expected a blend weight in [0, 1], got {lam}")
-    return lam
 
 
 def shared_noise(shape, generator: torch.Generator, dtype=torch.float32, device=None) -> Tensor:
@@ -76,8 +64,8 @@ def blend_noise(z: Tensor, flow: Optional[FlowField], lam: float = DEFAULT_LAMBD
     ``flow`` is a :class:`FlowField` of the same ``T`` frames on any grid (it is resized to
     ``h x w``); ``None`` or ``T == 1`` returns ``z`` unchanged. Returns a new tensor.
     """
-    _check_latent(z, "z")
-    lam = _check_lambda(lam)
+    check_latents(z, "z")
+    lam = check_unit(lam, "lam", "a blend weight")
     T, C, h, w = z.shape
     if flow is None or T == 1:
         return z
@@ -114,7 +102,7 @@ class NoiseShare:
                  variance_preserving: bool = True, blend_initial: bool = True):
         self.seed = int(seed)
         self.flow = flow
-        self.lam = _check_lambda(lam)
+        self.lam = check_unit(lam, "lam", "a blend weight")
         self.variance_preserving = bool(variance_preserving)
         self.blend_initial = bool(blend_initial)
 
@@ -136,7 +124,7 @@ class NoiseShare:
         return z
 
     def step_sampler(self, x: Tensor, frame_index=None) -> Callable[[Tensor, Tensor], Tensor]:
-        _check_latent(x, "x")
+        check_latents(x, "x")
         gen = torch.Generator(device="cpu").manual_seed(self.seed + 1)
         flow = self._flow_for(x.shape[0], frame_index)
         shape, dtype, device = tuple(x.shape), x.dtype, x.device

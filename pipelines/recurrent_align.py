@@ -36,6 +36,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .checks import check_unit
 from .flow import FlowField, estimate_pair, fb_check, resize_flow, resize_mask, warp
 
 log = logging.getLogger("temporal_restore")
@@ -115,9 +116,7 @@ def blend(degraded: Tensor, aligned: Tensor, mask: Tensor, strength: float) -> T
 
 
 def check_strength(strength: float) -> float:
-    s = float(strength)
-    if not 0.0 <= s <= 1.0 or math.isnan(s):
-        raise ValueError(f"strength: expected a value in [0, 1], got {strength!r}")
+    s = check_unit(strength, "strength")
     return s
 
 

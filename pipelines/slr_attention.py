@@ -52,6 +52,7 @@ from typing import Callable, Hashable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .checks import check_latents, check_unit
 from .early_stop import schedule_progress  # noqa: F401  (re-exported for the node side)
 from .flow import FlowField, estimate_flow
 from .sw_cfa import sdpa_attention
@@ -137,8 +138,7 @@ def check_flow_covers(flow: Optional[FlowField], frame_index: Sequence[int]) -> 
 def latent_to_rgb(x0: Tensor, factors=None, bias=None, clamp: bool = True) -> Tensor:
     """Linear latent -> RGB preview: ``x0 [T,C,h,w] -> [T,3,h,w]`` (float32), in ``[0,1]`` when
     ``clamp`` (unclamped it stays linear, hence differentiable everywhere, for guidance losses)."""
-    if x0.ndim != 4:
-        raise ValueError(f"x0: expected a latent batch [frames,C,h,w], got {tuple(x0.shape)}")
+    check_latents(x0, "x0")
     fac = torch.as_tensor(SD15_RGB_FACTORS if factors is None else factors, dtype=torch.float32,
                           device=x0.device)
     if fac.ndim != 2 or fac.shape != (x0.shape[1], 3):
@@ -396,8 +396,7 @@ class SLRAttention:
                  patch_radius: int = 1, input_flow: Optional[FlowField] = None, x0_flow: bool = True,
                  rgb_factors=None, rgb_bias=None, attention: Optional[AttentionFn] = None,
                  use_similarity: bool = True, use_history: bool = True):
-        if not 0.0 <= float(trajectory_start) <= 1.0:
-            raise ValueError(f"trajectory_start: expected a fraction of the schedule in [0, 1], got {trajectory_start}")
+        check_unit(trajectory_start, "trajectory_start", "a fraction of the schedule")
         if not 0.0 <= float(strength) <= 1.0:
             raise ValueError(f"strength: expected a value in [0, 1], got {strength}")
         self.trajectory_start = float(trajectory_start)

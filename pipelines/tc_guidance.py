@@ -34,6 +34,7 @@ from typing import Callable, Hashable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .checks import check_latents, check_unit
 from .flow import FlowField, warp
 from .slr_attention import check_flow_covers, latent_to_rgb, preview_flow
 
@@ -81,8 +82,7 @@ def guide_x0(x0: Tensor, flow: Optional[FlowField], scale: float, gamma: float =
     computation runs on detached copies with autograd locally enabled). ``scale == 0`` or nothing to
     compute returns ``(x0, 0.0)`` with the very same tensor.
     """
-    if x0.ndim != 4:
-        raise ValueError(f"x0: expected a latent batch [frames,C,h,w], got {tuple(x0.shape)}")
+    check_latents(x0, "x0")
     scale, gamma = float(scale), float(gamma)
     use_pc = pixel and flow is not None and x0.shape[0] > 1
     use_sc = embed is not None and gamma != 0.0 and x0.shape[0] > 1
@@ -116,8 +116,7 @@ class TCGuidance:
                  rgb_factors=None, rgb_bias=None):
         if float(scale) < 0:
             raise ValueError(f"scale: expected a guidance scale >= 0, got {scale}")
-        if not 0.0 <= float(guidance_start) <= 1.0:
-            raise ValueError(f"guidance_start: expected a fraction of the schedule in [0, 1], got {guidance_start}")
+        check_unit(guidance_start, "guidance_start", "a fraction of the schedule")
         self.scale = float(scale)
         self.guidance_start = float(guidance_start)
         self.gamma = float(gamma)

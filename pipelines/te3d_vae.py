@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import check_latents
 from . import ilt
 
 __all__ = ["TemporalResBlock", "TemporalAttention", "inflate_decoder", "TE3DDecoder", "decode_chunked",
@@ -235,8 +236,7 @@ class TE3DDecoder(nn.Module):
         return [p for n, p in self.named_parameters() if _is_temporal(n)]
 
     def forward(self, z):
-        if z.dim() != 4 or z.shape[0] < 1:
-            raise ValueError(f"latent: expected [frames, C, h, w] with at least one frame, got {tuple(z.shape)}")
+        check_latents(z, "latent", min_frames=1)
         self._frames.n = int(z.shape[0])
         if self.pre is not None:
             z = self.pre(z)
@@ -276,8 +276,7 @@ def decode_chunked(model: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
 
     Peak activation memory is that of one ``chunk``-frame decode; ``on_chunk(i, n)`` is called after
     each chunk (progress / interruption)."""
-    if z.dim() != 4 or z.shape[0] < 1:
-        raise ValueError(f"latent: expected [frames, C, h, w] with at least one frame, got {tuple(z.shape)}")
+    check_latents(z, "latent", min_frames=1)
     total = int(z.shape[0])
     wins = ilt.plan_windows(total, chunk, overlap)
     weights = ilt.blend_weights(wins, total)

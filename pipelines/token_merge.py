@@ -41,6 +41,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .checks import check_unit
 from .flow import fb_confidence, out_of_frame, pixel_grid
 from .latent_warp import choose_keyframes
 
@@ -59,8 +60,7 @@ def merge_ratio(step: float, r: float, i_beg: float, i_end: float, delta: float 
     Full ratio ``r`` up to ``i_beg``, cosine decay after it, zero from
     ``i_beg + (i_end - i_beg) / delta`` on.  ``i_end <= i_beg`` means no annealing (``r`` throughout).
     """
-    if not 0.0 <= r <= 1.0:
-        raise ValueError(f"ratio: expected a value in [0,1], got {r}")
+    check_unit(r, "ratio")
     if delta <= 0:
         raise ValueError(f"delta: expected > 0, got {delta}")
     if i_end <= i_beg:
