@@ -55,6 +55,14 @@ def check_choice(value: Any, options, name: str) -> Any:
     return value
 
 
+def check_flow(flow: Any, name: str = "flow") -> Any:
+    """An optional TR_FLOW input: None, or a ``FlowField`` (anything with ``resized``, ``between``,
+    ``num_frames``)."""
+    if flow is not None and not all(hasattr(flow, a) for a in ("resized", "between", "num_frames")):
+        raise ValueError(f"{name}: expected a TR_FLOW (FlowField), got {type(flow).__name__}")
+    return flow
+
+
 def check_finite(t: Any, name: str) -> Any:
     """No NaN / Inf in the tensor ``t`` (or in ``t["samples"]`` for a LATENT dict)."""
     x = t.get("samples") if isinstance(t, dict) else t

@@ -18,6 +18,7 @@ Contracts (other features build on these, keep them stable; CONTRIBUTING.md "Pat
   ``install_attn1_output_patch``, ``install_attn1_replace``, ``install_wrapper``. Each marks what it
   installs with the feature's key (``fn._temporal_restore = key``) and replaces an earlier
   installation of the same key in place, so installing twice never stacks.
+* ``Shared``: base of the objects put into ``model_options`` (shared by ``clone()``, not copied).
 * ``fallback_attention(prev, extra_options)``: the attention a replace patch calls for the attention
   itself: a foreign replace patch found on the block, else ComfyUI's ``optimized_attention`` with the
   block's ``attn_precision`` and ``transformer_options`` (when the running ComfyUI accepts them).
@@ -122,6 +123,15 @@ def get_option(model, key: str, default: Any = None) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ installing
+class Shared:
+    """Base of hook and settings objects handed to a ModelPatcher: ``clone()`` deep-copies
+    ``model_options``, and these are shared (immutable settings, or per-run state every clone must see),
+    never copied."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 def mark(fn, key: str):
     """Tag ``fn`` as the pack's installation of feature ``key`` (returns ``fn``)."""
     setattr(fn, MARK, key)

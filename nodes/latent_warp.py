@@ -15,9 +15,9 @@ from comfy_api.latest import io
 
 from ..pipelines import flow as flowlib
 from ..pipelines import latent_warp as lw
-from ._patching import NAMESPACE, clone_with_options, frame_index, install_post_cfg
+from ._patching import NAMESPACE, Shared, clone_with_options, frame_index, install_post_cfg
 from ._types import FLOW
-from ._checks import check_finite
+from ._checks import check_finite, check_flow
 from ._flow_window import flow_window
 
 log = logging.getLogger("temporal_restore")
@@ -25,7 +25,7 @@ log = logging.getLogger("temporal_restore")
 KEY = "latent_warp"
 
 
-class LatentWarpConfig:
+class LatentWarpConfig(Shared):
     """Immutable settings + a per-grid cache of the resampled flow. Shared, not copied, by
     ``ModelPatcher.clone()`` (which deep-copies model_options)."""
 
@@ -42,9 +42,6 @@ class LatentWarpConfig:
         self.keyframe_mode, self.seed, self.strength = keyframe_mode, int(seed), float(strength)
         self._windows = {}
         self._lock = threading.Lock()
-
-    def __deepcopy__(self, memo):
-        return self
 
     def flow_window(self, idx, h, w, device):
         return flow_window(self, idx, h, w, device)
@@ -120,8 +117,7 @@ class LatentWarp(io.ComfyNode):
     @classmethod
     def execute(cls, model, flow=None, fraction=lw.DEFAULT_FRACTION, batch_size=8, keyframe_mode="random", seed=0,
                 strength=1.0) -> io.NodeOutput:
-        if flow is not None and not all(hasattr(flow, a) for a in ("resized", "between", "num_frames")):
-            raise ValueError(f"flow: expected a TR_FLOW (FlowField), got {type(flow).__name__}")
+        check_flow(flow, "flow")
         cfg = LatentWarpConfig(flow, fraction, batch_size, keyframe_mode, seed, strength)
         return io.NodeOutput(install_latent_warp(model, cfg))
 

@@ -21,8 +21,8 @@ import logging
 from comfy_api.latest import io
 
 from ..pipelines import slr_attention as slr
-from ._patching import (chunk_layout, clone_with_options, fallback_attention, frame_index, install_attn1_replace,
-                        install_post_cfg)
+from ._patching import (Shared, chunk_layout, clone_with_options, fallback_attention, frame_index,
+                        install_attn1_replace, install_post_cfg)
 from ._types import FLOW
 from ._zvrd import rgb_factors, run_key, step_progress
 
@@ -59,16 +59,11 @@ def decoder_attn1(model) -> tuple[list[tuple[int, int]], set[int]]:
     return found, {i for i, lv in level_of.items() if lv == top}
 
 
-class SLRPatch:
+class SLRPatch(Shared):
     """attn1 replace patch ``(q, k, v, extra_options) -> out`` sharing one :class:`SLRAttention` state."""
-
-    _temporal_restore = KEY
 
     def __init__(self, state: slr.SLRAttention, largest: bool, prev=None):
         self.state, self.largest, self.prev = state, bool(largest), prev
-
-    def __deepcopy__(self, memo):  # ModelPatcher.clone() deep-copies model_options: share the state
-        return self
 
     def __call__(self, q, k, v, extra_options, *args, **kwargs):
         n_chunks, frames = chunk_layout(extra_options, q.shape[0])
@@ -86,14 +81,11 @@ class SLRPatch:
                           progress=progress if progress is not None else 0.0, largest=largest)
 
 
-class X0Recorder:
+class X0Recorder(Shared):
     """post-CFG function: stores the x0 estimate (CFG result) for the next step's trajectories."""
 
     def __init__(self, state: slr.SLRAttention):
         self.state = state
-
-    def __deepcopy__(self, memo):
-        return self
 
     def __call__(self, args, *rest, **kwargs):
         x0 = args["denoised"]

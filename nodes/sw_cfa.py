@@ -20,7 +20,8 @@ import logging
 from comfy_api.latest import io
 
 from ..pipelines import sw_cfa
-from ._patching import chunk_layout, clone_with_options, fallback_attention, frame_index, install_attn1_replace
+from ._patching import (Shared, chunk_layout, clone_with_options, fallback_attention, frame_index,
+                        install_attn1_replace)
 
 log = logging.getLogger("temporal_restore")
 
@@ -31,16 +32,11 @@ SD15_ATTN1_BLOCKS = ([("input", i) for i in (1, 2, 4, 5, 7, 8)] + [("middle", 0)
                      + [("output", i) for i in range(3, 12)])
 
 
-class SWCFAAttention:
+class SWCFAAttention(Shared):
     """attn1 replace patch ``(q, k, v, extra_options) -> out`` (q, k, v already projected)."""
-
-    _temporal_restore = KEY
 
     def __init__(self, mode: str, radius: int, prev=None):
         self.mode, self.radius, self.prev = mode, int(radius), prev
-
-    def __deepcopy__(self, memo):  # immutable: ModelPatcher.clone() deep-copies model_options
-        return self
 
     def __call__(self, q, k, v, extra_options, *args, **kwargs):
         n_chunks, frames = chunk_layout(extra_options, q.shape[0])

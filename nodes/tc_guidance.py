@@ -22,7 +22,7 @@ from comfy_api.latest import io
 
 from ..pipelines import tc_guidance as tcg
 from ._checks import check_finite
-from ._patching import clone_with_options, frame_index, install_post_cfg
+from ._patching import Shared, clone_with_options, frame_index, install_post_cfg
 from ._types import FLOW
 from ._zvrd import rgb_factors, run_key, step_progress
 
@@ -84,12 +84,9 @@ def clip_embedder(clip_vision):
     return embed
 
 
-class GuidancePostCFG:
+class GuidancePostCFG(Shared):
     def __init__(self, guide: tcg.TCGuidance):
         self.guide = guide
-
-    def __deepcopy__(self, memo):
-        return self
 
     def __call__(self, args, *rest, **kwargs):
         x0 = args["denoised"]

@@ -13,8 +13,9 @@ from comfy_api.latest import io
 
 from ..pipelines import latent_warp as lw
 from ..pipelines import token_merge as tm
-from ._patching import (chunk_layout, clone_with_options, frame_index, install_attn1_output_patch, install_attn1_patch,
-                        tr_options)
+from ._patching import (Shared, chunk_layout, clone_with_options, frame_index, install_attn1_output_patch,
+                        install_attn1_patch, tr_options)
+from ._checks import check_flow
 from ._types import FLOW
 from ._flow_window import flow_window
 
@@ -23,7 +24,7 @@ log = logging.getLogger("temporal_restore")
 KEY = "token_merge"
 
 
-class TokenMergeConfig:
+class TokenMergeConfig(Shared):
     """Immutable settings + caches (flow per token grid, flow-guided plans). Shared, not copied,
     by ``ModelPatcher.clone()``; the merge/unmerge hand-over between the two patches is thread-local."""
 
@@ -52,9 +53,6 @@ class TokenMergeConfig:
         self._windows, self._plans = {}, {}
         self._lock = threading.Lock()
         self._local = threading.local()
-
-    def __deepcopy__(self, memo):
-        return self
 
     def ratio_at(self, step: int, n_steps: int) -> float:
         """Eq. 8 with i_beg / i_end given as fractions of the run's steps."""
@@ -221,8 +219,7 @@ class TokenMerge(io.ComfyNode):
     def execute(cls, model, flow=None, ratio=0.75, chunk_size=4, keyframe_mode="random", seed=0, anneal_start=0.0,
                 anneal_end=1.0, delta=1.0, radius=4.0, down_blocks="flow", up_blocks="cosine", pad_bottom=0,
                 pad_right=0) -> io.NodeOutput:
-        if flow is not None and not all(hasattr(flow, a) for a in ("resized", "between", "num_frames")):
-            raise ValueError(f"flow: expected a TR_FLOW (FlowField), got {type(flow).__name__}")
+        check_flow(flow, "flow")
         cfg = TokenMergeConfig(flow, ratio, chunk_size, keyframe_mode, seed, anneal_start, anneal_end, delta, radius,
                                down_blocks, up_blocks, pad_bottom, pad_right)
         return io.NodeOutput(install_token_merge(model, cfg))

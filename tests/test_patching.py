@@ -40,3 +40,53 @@ def test_clone_with_options_leaves_original(patching, tiny):
     assert a is not model and a.model is model.model
     with pytest.raises(ValueError, match="key"):
         patching.clone_with_options(model, "", 1)
+
+
+def test_resolve_frame_index_is_strict(patching):
+    assert patching.resolve_frame_index(None, 2) == [0, 1]
+    assert patching.resolve_frame_index((4, 5), 2, "latent") == [4, 5]
+    with pytest.raises(ValueError, match="^latent: expected 3 absolute frame indices"):
+        patching.resolve_frame_index([4, 5], 3, "latent")
+    assert patching.model_frame_index({"transformer_options": {"temporal_restore": {"frame_index": [9]}}}, 1) == [9]
+
+
+def test_install_helpers_replace_in_place_and_keep_foreign_hooks(patching, tiny):
+    import comfy.sd
+
+    model = comfy.sd.load_checkpoint_guess_config(tiny["checkpoint_path"], output_vae=False, output_clip=False)[0]
+
+    def foreign(args):
+        return args["denoised"]
+
+    def ours_a(args):
+        return args["denoised"]
+
+    def ours_b(args):
+        return args["denoised"]
+
+    m = patching.install_post_cfg(model.clone(), "k", ours_a)
+    m.set_model_sampler_post_cfg_function(foreign)
+    m2 = patching.install_post_cfg(m.clone(), "k", ours_b)
+    assert m2.model_options["sampler_post_cfg_function"] == [ours_b, foreign]  # replaced where it was
+    assert m.model_options["sampler_post_cfg_function"] == [ours_a, foreign]  # the clone's source untouched
+
+    class Replace:
+        def __init__(self, prev):
+            self.prev = prev
+
+        def __call__(self, q, k, v, extra_options, *args, **kwargs):
+            return q
+
+    other = Replace(None)
+    m3 = model.clone()
+    m3.set_model_attn1_replace(other, "output", 3)
+    first = patching.install_attn1_replace(m3, "k", Replace, "output", 3)
+    second = patching.install_attn1_replace(m3, "k", Replace, "output", 3)
+    attn1 = m3.model_options["transformer_options"]["patches_replace"]["attn1"]
+    assert attn1[("output", 3)] is second and second.prev is other and first.prev is other
+
+    def tm(n, c, v, extra_options, *args, **kwargs):
+        return n, c, v
+
+    m4 = patching.install_attn1_patch(patching.install_attn1_patch(model.clone(), "t", tm), "t", tm)
+    assert m4.model_options["transformer_options"]["patches"]["attn1_patch"] == [tm]
