@@ -205,7 +205,9 @@ def install_attn1_replace(model, key: str, make: Callable, block_name: str, numb
 def install_wrapper(model_options: dict, wrapper_type: str, key: str, fn) -> dict:
     """ComfyUI's keyed wrapper (``comfy.patcher_extension.add_wrapper_with_key``) under
     ``"temporal_restore.<key>"`` in ``model_options``; an earlier one under that key is removed first.
-    ``fn(executor, *args, **kwargs)`` must call ``executor`` and forward everything ComfyUI passes."""
+    ``model_options`` must be the caller's own copy (a clone's, or ``create_model_options_clone``): it is
+    changed in place. ``fn(executor, *args, **kwargs)`` must call ``executor`` and forward everything
+    ComfyUI passes."""
     import comfy.patcher_extension as pe
 
     full_key = f"{NAMESPACE}.{key}"
