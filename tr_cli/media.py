@@ -22,6 +22,7 @@ from .client import EXIT_USAGE, RunnerError
 
 CONTAINERS = {".mkv": "matroska", ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}
 # audio codecs the mp4 muxer takes as they are (mov also takes PCM; matroska takes nearly anything)
+STANDARD_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}
 MP4_AUDIO = {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}
 
 
@@ -108,10 +109,12 @@ class VideoWriter:
             return self.out.add_stream_from_template(a_in), None
         import av
 
+        # same channel count in its standard order (a PCM track may carry an unordered "1 channels" layout)
+        layout = STANDARD_LAYOUTS.get(a_in.codec_context.channels, a_in.codec_context.layout.name)
         a_out = self.out.add_stream("aac", rate=a_in.codec_context.sample_rate)
-        a_out.layout = a_in.codec_context.layout.name
-        return a_out, av.AudioResampler(format="fltp", layout=a_in.codec_context.layout.name,
-                                        rate=a_in.codec_context.sample_rate)
+        a_out.layout = layout
+        a_out.format = "fltp"  # AAC's sample format; the muxer opens every encoder at the first packet
+        return a_out, av.AudioResampler(format="fltp", layout=layout, rate=a_in.codec_context.sample_rate)
 
     def write(self, rgb: np.ndarray) -> None:
         import av

@@ -137,5 +137,6 @@ def _feeds_encoder(prompt: dict, node: dict) -> bool:
 
 
 def describe_work(w: dict) -> str:
-    steps = " + ".join(f"{s} ({t})" for t, s in w["steps"].items()) or "no sampling steps"
-    return f"work: {w['frames']} frames x {w['width']}x{w['height']} (working size) x {steps} steps"
+    steps = " + ".join(f"{s} ({t})" for t, s in w["steps"].items())
+    return (f"work: {w['frames']} frames x {w['width']}x{w['height']} (working size) x "
+            + (f"{steps} steps" if steps else "no sampling steps"))
