@@ -302,8 +302,7 @@ def test_demo_workflow_round_trips_101x77(server, tmp_path):
     src = str(tmp_path / "odd.mkv")
     make_clip(src, 101, 77, 2)
     rc, out, err = cli("run", src, "-w", "demo_restore", "--server", server.url, "-o", str(tmp_path / "o.mkv"),
-                       "--set", "DDIM inversion (source prompt).steps=2", "--set", "DDIM restore (task prompt).steps=2",
-                       "--quiet")
+                       "--set", "DDIM inversion (source prompt).steps=2", "--set", "DDIM restore (task prompt).steps=2")
     assert rc == 0, err
     assert read(str(tmp_path / "o.mkv"))["size"] == (101, 77)
     assert "202x154 (working size)" in err  # the cost line: frames x working size x steps
@@ -311,3 +310,44 @@ def test_demo_workflow_round_trips_101x77(server, tmp_path):
         report = json.loads((tmp_path / f"o.metrics.{name}.json").read_text())
         assert (report["width"], report["height"]) == (101, 77)
         assert f"metrics {name} (" in out
+
+
+def test_node_errors_beside_an_accepted_prompt_are_reported_not_dropped(server, sample_clip, tmp_path):
+    """A branch the server rejects while the rest validates: ComfyUI queues the rest and lists the errors
+    beside the prompt id. Before, the runner dropped them; now the prompt is cancelled and they are named."""
+    wf = json.load(open(os.path.join(REPO, "workflows", "api", "degrade_measure.json")))
+    wf["90"] = {"class_type": "EmptyImage", "_meta": {"title": "Side branch"},
+                "inputs": {"width": -5, "height": 8, "batch_size": 1, "color": 0}}
+    wf["91"] = {"class_type": "PreviewImage", "inputs": {"images": ["90", 0]}}
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(wf))
+    rc, _, err = cli("run", sample_clip, "-w", str(path), "--server", server.url, "-o", str(tmp_path / "o.mp4"),
+                     "--quiet")
+    line = one_line_error(err)
+    assert rc == 2 and "EmptyImage" in line and "'width'" in line
+    q = queue(server.url)
+    assert not q["queue_running"] and not q["queue_pending"], q
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_long_run_warns_with_the_measured_estimate_and_keeps_going(server, tiny, sample_clip, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "tr_cli", "run", sample_clip, "-w", "tdm_restore", "--server",
+                             server.url, "-o", str(tmp_path / "o.mp4"), "--checkpoint", tiny["checkpoint"],
+                             "--controlnet", tiny["controlnet"], "--set", "DDIM restore.steps=1000",
+                             "--warn-after", "0.001"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("warning: at "):
+                break
+        assert lines and lines[-1].startswith("warning: at "), "".join(lines)
+        assert any(ln.startswith("work: 16 frames x 128x96 (working size) x ") and "1000 (DDIM restore)" in ln
+                   for ln in lines), "".join(lines)
+        assert proc.poll() is None, "the warning must not stop the run"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    assert proc.returncode == 130

@@ -52,6 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("--reference", help="clean version of the input: print before/after PSNR, SSIM, warping error, flicker against it")
     p.add_argument("--timeout", type=float, default=6 * 3600, help="give up after this many seconds")
     p.add_argument("--quiet", action="store_true", help="no progress display (warnings are still printed)")
+    p.add_argument("--warn-after", type=float, default=15.0, metavar="MINUTES",
+                   help="warn (without stopping) when the ETA measured on the first steps exceeds this (default 15)")
     add_server_options(p)
     p.set_defaults(func=main)
 
@@ -87,10 +89,11 @@ def boot(local: LocalServer) -> Client:
     return Client(url)
 
 
-def follow(client: Client, prompt_id: str, prompt: dict, timeout: float, quiet: bool) -> dict:
+def follow(client: Client, prompt_id: str, prompt: dict, timeout: float, quiet: bool,
+           warn_after: float = 15.0) -> dict:
     """Follow the prompt over the websocket (falling back to polling) until it finishes; returns its history."""
     ws = client.websocket()
-    prog = Progress(prompt, prompt_id)
+    prog = Progress(prompt, prompt_id, warn_after=warn_after * 60)
     tty = sys.stderr.isatty()
     shown = None
     deadline = time.time() + timeout
@@ -233,11 +236,12 @@ def main(args) -> int:
         has_match = "TR_MatchSize" in client.get_json("/object_info/TR_MatchSize", 60)
         run_prompt = workflows.for_run(prompt, tag, "frames", match_size=has_match)
         work = preflight.work_summary(run_prompt, info["frames"], info["width"], info["height"])
-        print(preflight.describe_work(work), file=sys.stderr)
+        if not args.quiet:
+            print(preflight.describe_work(work), file=sys.stderr)
         uploaded = client.upload(args.input, name=f"{tag}_{os.path.basename(args.input)}")
         workflows.set_input(run_prompt, f"{workflows.INPUT_TITLE}.file={uploaded}")
         prompt_id = submit(client, run_prompt)
-        entry = follow(client, prompt_id, run_prompt, args.timeout, args.quiet)
+        entry = follow(client, prompt_id, run_prompt, args.timeout, args.quiet, args.warn_after)
         if entry.get("status", {}).get("status_str") != "success":
             raise RunnerError(failure(entry), EXIT_FAILED)
         frames = sorted((i for n, i in output_items(entry) if n == workflows.FRAMES_NODE), key=lambda i: i["filename"])
