@@ -316,15 +316,15 @@ def test_node_errors_beside_an_accepted_prompt_are_reported_not_dropped(server, 
     """A branch the server rejects while the rest validates: ComfyUI queues the rest and lists the errors
     beside the prompt id. Before, the runner dropped them; now the prompt is cancelled and they are named."""
     wf = json.load(open(os.path.join(REPO, "workflows", "api", "degrade_measure.json")))
-    wf["90"] = {"class_type": "EmptyImage", "_meta": {"title": "Side branch"},
-                "inputs": {"width": -5, "height": 8, "batch_size": 1, "color": 0}}
+    # a link of the wrong type: only the server's validation sees it (the runner checks literal values)
+    wf["90"] = {"class_type": "ImageInvert", "_meta": {"title": "Side branch"}, "inputs": {"image": ["2", 1]}}
     wf["91"] = {"class_type": "PreviewImage", "inputs": {"images": ["90", 0]}}
     path = tmp_path / "wf.json"
     path.write_text(json.dumps(wf))
     rc, _, err = cli("run", sample_clip, "-w", str(path), "--server", server.url, "-o", str(tmp_path / "o.mp4"),
                      "--quiet")
     line = one_line_error(err)
-    assert rc == 2 and "EmptyImage" in line and "'width'" in line
+    assert rc == 2 and "ImageInvert" in line and "'image'" in line
     q = queue(server.url)
     assert not q["queue_running"] and not q["queue_pending"], q
     assert not (tmp_path / "o.mp4").exists()

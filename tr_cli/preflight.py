@@ -91,6 +91,12 @@ def check_prompt(prompt: dict, info: dict, sets: list[str], skip: set[tuple[str,
                                       f"holding {folder}/ to the local server{models_hint})", EXIT_USAGE)
                 raise RunnerError(f"{where}: {value!r} is not one of {', '.join(map(str, options[:20]))}", EXIT_USAGE)
             err = _type_error(spec[0], value) if isinstance(spec[0], str) else None
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if err is None and spec[0] in ("INT", "FLOAT"):
+                if opts.get("max") is not None and value > opts["max"]:
+                    err = f"{value} is bigger than max {opts['max']}"
+                elif opts.get("min") is not None and value < opts["min"]:
+                    err = f"{value} is smaller than min {opts['min']}"
             if err:
                 raise RunnerError(f"{where}: {err}", EXIT_USAGE)
 
