@@ -351,3 +351,15 @@ def test_long_run_warns_with_the_measured_estimate_and_keeps_going(server, tiny,
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=120)
     assert proc.returncode == 130
+
+
+def test_vae_workflow_gives_the_exact_input_size(server, tiny, tmp_path):
+    """tdm_restore encodes with a VAE (multiples of 8): the runner routes the restored frames through
+    TR_MatchSize, so 101x77 in is 101x77 out."""
+    src = str(tmp_path / "odd.mkv")
+    make_clip(src, 101, 77, 2)
+    rc, _, err = cli("run", src, "-w", "tdm_restore", "--server", server.url, "-o", str(tmp_path / "o.mkv"),
+                     "--checkpoint", tiny["checkpoint"], "--controlnet", tiny["controlnet"],
+                     "--set", "DDIM inversion.steps=2", "--set", "DDIM restore.steps=2", "--quiet")
+    assert rc == 0, err
+    assert read(str(tmp_path / "o.mkv"))["size"] == (101, 77)
