@@ -193,7 +193,8 @@ def metric_name(prompt: dict, nid: str) -> str:
 
 
 def main(args) -> int:
-    container = media.container_for(args.output) if args.output else "mp4"
+    if args.output:
+        media.container_for(args.output)  # the extension decides the container, or the run is refused now
     check_server_flags(args)
     if args.server:
         Client(args.server)  # a malformed URL is a usage error before anything else
@@ -219,7 +220,6 @@ def main(args) -> int:
         raise RunnerError(f"output folder {out_dir} cannot be created: {e}", EXIT_USAGE) from None
     if not os.access(out_dir, os.W_OK):
         raise RunnerError(f"output folder {out_dir} is not writable", EXIT_USAGE)
-    del container
 
     models = list(args.models_dir) + ([DEMO_MODELS] if os.path.isdir(DEMO_MODELS) else [])
     tag = uuid.uuid4().hex
