@@ -7,5 +7,8 @@ ComfyUI at module import time, so ``pipelines`` stays usable without it.
 
 async def comfy_entrypoint():
     from .nodes import TemporalRestoreExtension
+    from .nodes import run_files
+
+    run_files.register()  # the runner's cleanup route (tr_cli)
 
     return TemporalRestoreExtension()

@@ -163,3 +163,30 @@ def test_server_stream_sigkill_resume_equals_uninterrupted(server, tiny, tmp_pat
         pytest.fail(f"resumed output differs from the uninterrupted one; max |diff| per frame: {per_frame(a, b)}; "
                     f"a second uninterrupted run vs the first: {per_frame(a, c) if c.shape == a.shape else c.shape}")
     assert has_audio
+
+
+def test_sigterm_stops_stream_keeps_the_checkpoint_and_resumes(tmp_path):
+    """SIGTERM (kill, timeout, CI) behaves like Ctrl-C: exit 143, no output, the committed state kept; a
+    rerun resumes and equals the input (lossless). Synchronised on the committed state file."""
+    inp = str(tmp_path / "in.mkv")
+    rgb = make_clip(inp, frames=14)
+    out = str(tmp_path / "out.mkv")
+    cmd = stream_cmd(inp, out, "--backend", "passthrough", "--segment", "5", "--context", "2", "--throttle", "2.0")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state_path = os.path.join(out + ".stream", "state.json")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with open(state_path) as f:
+                if json.load(f)["segment"] >= 1:
+                    break
+        except (OSError, json.JSONDecodeError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "interrupted by SIGTERM" in err and not os.path.exists(out) and os.path.exists(state_path)
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert np.array_equal(read_video(out)[0], rgb)

@@ -6,6 +6,7 @@ Standard library only and no relative imports, so the test harness can load this
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -22,10 +23,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(python: str, port: int, base: str, extra=()) -> list[str]:
-    """``main.py`` arguments of a headless, CPU, loopback-only ComfyUI whose base directory is ``base``."""
-    return [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", base,
-            "--database-url", "sqlite:///:memory:", "--disable-auto-launch", "--disable-api-nodes", *extra]
+def server_command(python: str, port: int, base: str, extra=(), cpu: bool = True) -> list[str]:
+    """``main.py`` arguments of a headless, loopback-only ComfyUI whose base directory is ``base``
+    (on the CPU unless ``cpu`` is False; ``extra`` are further ComfyUI options)."""
+    return [python, "main.py", *(["--cpu"] if cpu else []), "--listen", "127.0.0.1", "--port", str(port),
+            "--base-directory", base, "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
+            "--disable-api-nodes", *extra]
 
 
 def start(cmd: list[str], comfy_dir: str, log, ready: Callable[[], bool], timeout: float, name: str = "ComfyUI",
@@ -42,16 +45,25 @@ def start(cmd: list[str], comfy_dir: str, log, ready: Callable[[], bool], timeou
         if ready():
             return proc
         time.sleep(0.3)  # readiness poll of a starting process, not a synchronisation
-    stop(proc)
+    stop(proc, group=new_session)
     raise LaunchError(f"{name} not ready after {timeout}s (log: {log_path})")
 
 
-def stop(proc: subprocess.Popen | None, timeout: float = 15) -> None:
-    """Terminate ``proc`` (kill it if it does not exit within ``timeout``) and reap it."""
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
+def stop(proc: subprocess.Popen | None, timeout: float = 15, group: bool = False) -> None:
+    """Terminate ``proc`` (kill it if it does not exit within ``timeout``) and reap it. ``group``: signal its
+    whole process group (a server started with ``new_session``), so nothing it spawned is orphaned."""
+    if proc is None or proc.poll() is not None:
+        return
+
+    def send(sig):
         try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    send(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait()

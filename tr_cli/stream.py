@@ -45,8 +45,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from . import workflows
-from .client import EXIT_FAILED, EXIT_USAGE, REPO, Client, LocalServer, RunnerError
+from . import media, preflight, workflows
+from .client import (EXIT_FAILED, EXIT_SERVER, EXIT_USAGE, REPO, Client, LocalServer, RunnerError,
+                     add_server_options, check_server_flags, server_flags)
 
 DEFAULT_WORKFLOW = "long_clip_restore"
 STATE_VERSION = 1
@@ -73,6 +74,7 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="override a workflow input (as in `run`)")
     p.add_argument("--quiet", action="store_true")
+    add_server_options(p)
     p.add_argument("--throttle", type=float, default=0.0, help=argparse_suppress())
     p.set_defaults(func=main)
 
@@ -86,22 +88,10 @@ def argparse_suppress():
 # ------------------------------------------------------------------ frames in / out
 
 def probe(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise RunnerError(f"input video not found: {path}", EXIT_USAGE)
-    import av
-
-    try:
-        with av.open(path) as c:
-            if not c.streams.video:
-                raise RunnerError(f"input {path} has no video stream", EXIT_USAGE)
-            v = c.streams.video[0]
-            rate = v.average_rate or v.guessed_rate or Fraction(25)
-            return {"fps": [rate.numerator, rate.denominator], "width": v.codec_context.width,
-                    "height": v.codec_context.height, "audio": bool(c.streams.audio)}
-    except RunnerError:
-        raise
-    except Exception as e:
-        raise RunnerError(f"input {path} is not a readable video: {e.__class__.__name__}: {e}", EXIT_USAGE) from None
+    """media.probe with the rate as [numerator, denominator] (as the checkpoint stores it)."""
+    info = media.probe(path)
+    info["fps"] = [info["fps"].numerator, info["fps"].denominator]
+    return info
 
 
 def iter_frames(path: str, skip: int = 0):
@@ -127,47 +117,30 @@ def write_lossless(frames: np.ndarray, path: str, fps: Fraction) -> None:
             c.mux(pkt)
 
 
-def encode_output(spool: str, n: int, shape, fps: Fraction, audio_src: str | None, dst: str) -> None:
-    """Encode ``n`` raw frames from the spool (+ the audio stream of ``audio_src``, copied) to ``dst``
-    (FFV1 in Matroska when ``dst`` ends in ``.mkv``, else H.264 in MP4)."""
-    import av
-
+def spool_frames(spool: str, n: int, shape):
+    """The first ``n`` RGB frames [H, W, 3] of a raw spool, one at a time."""
     h, w = shape
-    lossless = dst.lower().endswith(".mkv")
-    codec = "ffv1" if lossless else "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(dst, "w", format="matroska" if lossless else "mp4") as out:
-        vs = out.add_stream(codec, rate=fps)
-        vs.width, vs.height = w, h
-        vs.pix_fmt = "bgr0" if lossless else "yuv420p" if (w % 2 == 0 and h % 2 == 0) else "yuv444p"
-        if codec == "libx264":
-            vs.options = {"crf": "16"}
-        ins = None
-        if audio_src:
-            ins = av.open(audio_src)
-            a_in = ins.streams.audio[0]
-            a_out = out.add_stream_from_template(a_in)
-        frame_bytes = h * w * 3
-        with open(spool, "rb") as f:
-            for i in range(n):
-                buf = f.read(frame_bytes)
-                fr = av.VideoFrame.from_ndarray(np.frombuffer(buf, np.uint8).reshape(h, w, 3), format="rgb24")
-                fr.pts = i
-                for pkt in vs.encode(fr):
-                    out.mux(pkt)
-        for pkt in vs.encode():
-            out.mux(pkt)
-        if ins is not None:
-            for pkt in ins.demux(a_in):
-                if pkt.dts is None:
-                    continue
-                pkt.stream = a_out
-                out.mux(pkt)
-            ins.close()
+    frame_bytes = h * w * 3
+    with open(spool, "rb") as f:
+        for _ in range(n):
+            yield np.frombuffer(f.read(frame_bytes), np.uint8).reshape(h, w, 3)
+
+
+def encode_output(spool: str, n: int, shape, fps: Fraction, audio_src: str | None, dst: str,
+                  info: dict | None = None) -> list[str]:
+    """Encode ``n`` raw frames from the spool (+ the audio of ``audio_src``) to ``dst``, atomically, in the
+    container its extension names (tr_cli/media.py: .mkv lossless FFV1, .mp4 H.264 yuv420p); ``info`` is the
+    input's media.probe (timestamps of a variable-frame-rate input). Returns notes for the user."""
+    info = info or {"fps": fps, "frames": n, "pts": [], "audio": [audio_src] if audio_src else []}
+    return media.write_video(spool_frames(spool, n, shape), n, dst, shape[1], shape[0], info, audio_src)
 
 
 # ------------------------------------------------------------------ restore backends
 
 class Passthrough:
+    def start(self):
+        pass
+
     def restore(self, frames: np.ndarray, k: int) -> np.ndarray:
         return frames.copy()
 
@@ -179,39 +152,36 @@ class ComfyBackend:
     """Restores one segment per prompt through a ComfyUI server."""
 
     def __init__(self, args, fps: Fraction, work: str):
+        from .run import model_sets
+
         self.args, self.fps, self.work = args, fps, work
-        self.local = None
+        self.local = self.client = self.pid = None
+        self.run_tag = uuid.uuid4().hex  # in every name this run puts on the server (unique, deletable)
+        base = workflows.load(args.workflow)
+        self.sets = model_sets(args, base, args.workflow) + list(args.sets)
+        self.base = workflows.with_overrides(base, self.sets)
+        workflows.image_tail(self.base)
+
+    def start(self):
+        """Reach (or start) the server and check the workflow against it; close() undoes it."""
+        args, sets = self.args, self.sets
         if args.server:
             self.client = Client(args.server)
             if not self.client.ping():
-                raise RunnerError(f"ComfyUI server unreachable at {args.server}", 3)
+                raise RunnerError(f"ComfyUI server unreachable at {args.server}", EXIT_SERVER)
         else:
             models = list(args.models_dir) + ([os.path.join(REPO, "models")] if os.path.isdir(os.path.join(REPO, "models")) else [])
-            self.local = LocalServer(os.path.join(REPO, ".host", "runner"), models_dirs=models)
+            self.local = LocalServer(os.path.join(REPO, ".host", "runner"), models_dirs=models,
+                                     cpu=True if args.cpu else None, flags=server_flags(args))
             print(f"starting a local ComfyUI on 127.0.0.1:{self.local.port} ...", file=sys.stderr)
             self.client = Client(self.local.start())
-        self.base = workflows.with_overrides(workflows.load(args.workflow), _sets(args))
-        self.tail = self._tail(self.base)
-        self.run_tag = uuid.uuid4().hex[:8]
-
-    @staticmethod
-    def _tail(prompt: dict):
-        """(node ids to drop, source of the restored IMAGE) from the CreateVideo -> SaveVideo tail."""
-        outs = workflows.find(prompt, workflows.OUTPUT_TITLE)
-        if not outs:
-            raise RunnerError(f"workflow has no node titled '{workflows.OUTPUT_TITLE}'", EXIT_USAGE)
-        out = prompt[outs[0]]
-        drop = [outs[0]]
-        src = out["inputs"].get("video") or out["inputs"].get("images")
-        if isinstance(src, list) and prompt[src[0]]["class_type"] == "CreateVideo":
-            drop.append(src[0])
-            src = prompt[src[0]]["inputs"]["images"]
-        if not (isinstance(src, list) and len(src) == 2):
-            raise RunnerError("workflow: cannot find the restored images feeding the output video", EXIT_USAGE)
-        return drop, src
+        oinfo = preflight.object_info(self.client, self.base)
+        video_node = workflows.find(self.base, workflows.INPUT_TITLE)[0]
+        preflight.check_prompt(self.base, oinfo, sets, skip={(video_node, "file")})
+        self.match = "TR_MatchSize" in self.client.get_json("/object_info/TR_MatchSize", 60)
 
     def restore(self, frames: np.ndarray, k: int) -> np.ndarray:
-        from PIL import Image
+        from .run import submit
 
         clip = os.path.join(self.work, f"seg_{self.run_tag}_{k:05d}.mkv")
         write_lossless(frames, clip, self.fps)
@@ -219,38 +189,37 @@ class ComfyBackend:
             name = self.client.upload(clip)
         finally:
             os.remove(clip)
-        prompt = json.loads(json.dumps(self.base))
+        prompt = workflows.for_run(self.base, self.run_tag, f"seg{k:05d}", match_size=self.match)
         workflows.set_input(prompt, f"{workflows.INPUT_TITLE}.file={name}")
-        drop, src = self.tail
-        for nid in drop:
-            prompt.pop(nid, None)
-        prompt["tr_stream_save"] = {"class_type": "SaveImage", "_meta": {"title": "Stream segment"},
-                                    "inputs": {"images": src,
-                                               "filename_prefix": f"temporal_restore/stream_{self.run_tag}_{k:05d}"}}
-        pid = self.client.submit(prompt)
+        self.pid = submit(self.client, prompt)
         entry = None
         while entry is None or not entry.get("status", {}).get("completed", False):
             time.sleep(0.2)
-            entry = self.client.history(pid)
+            entry = self.client.history(self.pid)
             if entry and entry.get("status", {}).get("status_str") == "error":
                 msgs = [m for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
                 raise RunnerError(f"segment {k} failed: {msgs[:1]}", EXIT_FAILED)
-        items = entry.get("outputs", {}).get("tr_stream_save", {}).get("images", [])
+        self.pid = None
+        items = entry.get("outputs", {}).get(workflows.FRAMES_NODE, {}).get("images", [])
         items = sorted(items, key=lambda i: i["filename"])
         if len(items) != len(frames):
             raise RunnerError(f"segment {k}: expected {len(frames)} restored frames, got {len(items)}", EXIT_FAILED)
-        out = []
-        for it in items:
-            dst = os.path.join(self.work, "seg_frame.png")
-            self.client.download(it, dst)
-            with Image.open(dst) as im:
-                out.append(np.asarray(im.convert("RGB")))
-            os.remove(dst)
-        return np.stack(out)
+        out = np.stack([self.client.read_image(it) for it in items])
+        self.client.cleanup(self.run_tag)  # this segment's upload and frames: the server stays bounded
+        return out
 
     def close(self):
-        if self.local is not None:
-            self.local.stop()
+        """Stop a running segment and delete what this run put on the server; stop a local server."""
+        try:
+            if self.client is not None:
+                if getattr(self, "pid", None):
+                    self.client.cancel(self.pid)
+                self.client.cleanup(self.run_tag)
+        except RunnerError as e:
+            print(f"warning: could not delete this run's files on the server: {e}", file=sys.stderr)
+        finally:
+            if self.local is not None:
+                self.local.stop()
 
 
 # ------------------------------------------------------------------ state
@@ -308,12 +277,22 @@ def main(args) -> int:
         raise RunnerError(f"--segment: expected at least 1 frame, got {args.segment}", EXIT_USAGE)
     if args.context < 0 or (args.context > 0 and args.segment <= 2 * args.context):
         raise RunnerError(f"--context: expected 0 <= context < segment/2 ({args.segment}), got {args.context}", EXIT_USAGE)
+    media.container_for(args.output)
+    check_server_flags(args)
+    if args.server:
+        Client(args.server)  # a malformed URL is a usage error before anything else
     info = probe(args.input)
     fps = Fraction(*info["fps"])
     output = os.path.abspath(args.output)
+    preflight.check_output(output, [args.input, args.workflow if os.path.isfile(args.workflow) else None])
     out_dir = os.path.dirname(output)
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise RunnerError(f"output folder {out_dir} cannot be created: {e}", EXIT_USAGE) from None
     state_dir = os.path.abspath(args.state_dir or output + ".stream")
+    if os.path.exists(state_dir) and not os.path.isdir(state_dir):
+        raise RunnerError(f"--state-dir {state_dir} is a file: expected a folder (or a path that does not exist)", EXIT_USAGE)
     state_path = os.path.join(state_dir, "state.json")
     spool = os.path.join(state_dir, "frames.rgb")
     cfg = _config(args, info)
@@ -328,7 +307,10 @@ def main(args) -> int:
     if state is None:
         if os.path.isdir(state_dir):
             shutil.rmtree(state_dir)
-        os.makedirs(state_dir)
+        try:
+            os.makedirs(state_dir)
+        except OSError as e:
+            raise RunnerError(f"--state-dir {state_dir} cannot be created: {e.strerror}", EXIT_USAGE) from None
         state = {"config": cfg, "segment": 0, "start": 0, "written": 0, "shape": None, "pending": False,
                  "done": False}
         open(spool, "wb").close()
@@ -345,6 +327,7 @@ def main(args) -> int:
 
     backend = Passthrough() if args.backend == "passthrough" else ComfyBackend(args, fps, state_dir)
     try:
+        backend.start()
         if not state["done"]:
             frames_iter = iter_frames(args.input, skip=state["start"])
             carry_in = []  # input frames shared with the previous segment (already read)
@@ -397,14 +380,10 @@ def main(args) -> int:
                 if args.throttle:
                     time.sleep(args.throttle)
                 carry_in = seg[len(seg) - hold:] + [peek]
-        ext = ".mkv" if output.lower().endswith(".mkv") else ".mp4"
-        tmp = os.path.join(out_dir, f".{os.path.basename(output)}.{uuid.uuid4().hex[:6]}.partial{ext}")
-        try:
-            encode_output(spool, state["written"], state["shape"][:2], fps, args.input if info["audio"] else None, tmp)
-            os.replace(tmp, output)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        info["fps"] = fps
+        for note in encode_output(spool, state["written"], state["shape"][:2], fps,
+                                  args.input if info["audio"] else None, output, info):
+            print(f"note: {note}", file=sys.stderr)
     finally:
         backend.close()
     if not args.keep_state:

@@ -81,3 +81,53 @@ def with_overrides(prompt: dict, assignments: list[str]) -> dict:
     for a in assignments:
         set_input(prompt, a)
     return prompt
+
+
+FRAMES_NODE = "tr_run_frames"  # the lossless image save the runner puts in place of the video tail
+
+
+def image_tail(prompt: dict) -> tuple[list[str], list]:
+    """(node ids of the CreateVideo -> SaveVideo tail, link to the restored IMAGE feeding it)."""
+    outs = find(prompt, OUTPUT_TITLE)
+    if not outs:
+        raise RunnerError(f"workflow has no node titled '{OUTPUT_TITLE}'", EXIT_USAGE)
+    out = prompt[outs[0]]
+    drop = [outs[0]]
+    src = out["inputs"].get("video") or out["inputs"].get("images")
+    if isinstance(src, list) and prompt[src[0]]["class_type"] == "CreateVideo":
+        drop.append(src[0])
+        src = prompt[src[0]]["inputs"]["images"]
+    if not (isinstance(src, list) and len(src) == 2):
+        raise RunnerError("workflow: cannot find the restored images feeding the output video", EXIT_USAGE)
+    return drop, src
+
+
+def input_frames(prompt: dict) -> list | None:
+    """Link to the input clip's frames (output 0 of the GetVideoComponents reading the input video)."""
+    for vid in find(prompt, INPUT_TITLE):
+        for nid, node in prompt.items():
+            if node["class_type"] == "GetVideoComponents" and node["inputs"].get("video") == [vid, 0]:
+                return [nid, 0]
+    return None
+
+
+def for_run(prompt: dict, tag: str, frames_prefix: str, match_size: bool) -> dict:
+    """The prompt a runner submits: the video tail replaced by a lossless PNG save of the restored frames
+    (the runner encodes the container the user asked for, with the input's audio and timestamps); every
+    file the server writes named with the run's ``tag`` (so concurrent runs never collide and the run can
+    delete them); with ``match_size`` the frames go through TR_MatchSize to the input's exact size first."""
+    prompt = copy.deepcopy(prompt)
+    drop, src = image_tail(prompt)
+    for nid in drop:
+        prompt.pop(nid)
+    ref = input_frames(prompt)
+    if match_size and ref is not None and prompt[src[0]]["class_type"] != "TR_MatchSize":
+        prompt["tr_run_match_size"] = {"class_type": "TR_MatchSize", "_meta": {"title": "Match input size"},
+                                       "inputs": {"images": src, "reference": ref, "method": "bicubic"}}
+        src = ["tr_run_match_size", 0]
+    for nid, node in prompt.items():
+        if isinstance(node["inputs"].get("filename_prefix"), str):
+            node["inputs"]["filename_prefix"] = f"temporal_restore/{tag}_{nid}"
+    prompt[FRAMES_NODE] = {"class_type": "SaveImage", "_meta": {"title": "Restored frames"},
+                           "inputs": {"images": src, "filename_prefix": f"temporal_restore/{tag}_{frames_prefix}"}}
+    return prompt
