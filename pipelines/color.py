@@ -121,11 +121,13 @@ def _wavelet_diff(restored, reference, idx, h, w, dtype, device, levels) -> torc
 
 
 def color_match(restored, reference, method: str = "wavelet", window: int = 0, strength: float = 1.0,
-                levels: int = DEFAULT_LEVELS, chunk: int = DEFAULT_CHUNK, clamp: bool = True) -> torch.Tensor:
+                levels: int = DEFAULT_LEVELS, chunk: int = DEFAULT_CHUNK, clamp: bool = True,
+                callback=None) -> torch.Tensor:
     """Colour-correct ``restored [T,H,W,3]`` towards ``reference [T,h,w,3]`` (see the module docstring).
 
     ``method``: "wavelet" / "adain" / "none"; ``window``: temporal radius r (0 = per frame); ``strength``
-    0..1; ``levels``: wavelet levels N; ``chunk``: frames processed at once; ``clamp``: clamp to 0..1.
+    0..1; ``levels``: wavelet levels N; ``chunk``: frames processed at once; ``clamp``: clamp to 0..1;
+    ``callback(done, total)`` is called after each chunk (progress / interruption hook).
     Returns ``[T, H, W, 3]`` with the dtype and device of ``restored``.
     """
     x = validate_frames(restored, "restored")
@@ -166,4 +168,6 @@ def color_match(restored, reference, method: str = "wavelet", window: int = 0, s
         if clamp:
             res = res.clamp(0.0, 1.0)
         out[a:b] = res.permute(0, 2, 3, 1).to(out.dtype)
+        if callback is not None:
+            callback(b, t)
     return out
