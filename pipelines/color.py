@@ -24,12 +24,18 @@ input dtype otherwise. Frames are processed in chunks of ``chunk`` frames, so me
   deviation over the frame's pixels (``sigma`` floored at 1e-5 so flat frames stay finite).
 * ``none``: the restored frames unchanged.
 
-Temporal smoothing (``window`` radius r > 0): the correction statistics are averaged over the centred window
-of frames ``t-r .. t+r`` with a box filter, the clip's end frames repeated where the window passes an end
-(so every window has 2r+1 terms). For ``wavelet`` the smoothed statistic is the difference map ``D_t``; for
-``adain`` the four statistics ``mu(x), sigma(x), mu(ref), sigma(ref)`` per channel. Consequences (tested):
-on a static clip the correction is the same for every frame, and between consecutive frames a smoothed
-statistic S changes by ``(s_{t+r+1} - s_{t-r}) / (2r+1)``, so never by more than ``(max s - min s) / (2r+1)``.
+Temporal smoothing (``window`` radius r > 0) smooths the *target* colour, not the frame's own statistics:
+the reference's per-channel frame statistics ``m_t = mu(ref_t)`` and ``s_t = sigma(ref_t)`` are averaged over
+the centred window ``t-r .. t+r`` with a box filter, the clip's end frames repeated where the window passes
+an end (every window has 2r+1 terms): ``M_t``, ``S_t``. ``adain`` then uses ``M_t, S_t`` in place of
+``mu(ref), sigma(ref)`` while still normalising by the restored frame's own ``mu(x), sigma(x)`` (so the
+restorer's frame-to-frame drift is still removed, and the output's channel means and deviations are exactly
+``M_t, S_t``); ``wavelet`` uses the target low band ``low(ref_t) - m_t + M_t`` (the reference's structure of
+frame t, its global colour averaged over the window). Smoothing the difference ``D_t`` itself was measured
+and rejected: it keeps the restorer's own per-frame drift (the colour flicker of the output came back to that
+of the uncorrected clip). Consequences (tested): on a static clip the correction is the same for every
+frame; between consecutive frames ``M`` changes by ``(m_{t+r+1} - m_{t-r}) / (2r+1)``, so never by more than
+``(max m - min m) / (2r+1)`` (likewise ``S``); with r = 0 and restored == reference the output is the input.
 ``strength`` in 0..1 blends: ``out = restored + strength * (corrected - restored)``.
 """
 from __future__ import annotations
@@ -76,24 +82,14 @@ def lowpass(x: torch.Tensor, levels: int = DEFAULT_LEVELS) -> torch.Tensor:
     return x
 
 
-def _box_padded(padded: torch.Tensor, radius: int) -> torch.Tensor:
-    """Box averages of width 2r+1 along dim 0 of an already padded ``[n + 2r, ...]`` -> ``[n, ...]``."""
-    if radius <= 0:
-        return padded
-    n = padded.shape[0] - 2 * radius
-    csum = torch.cat([torch.zeros_like(padded[:1]), padded.cumsum(0)])
-    return (csum[2 * radius + 1:] - csum[:n]) / (2 * radius + 1)
-
-
-def _window_index(a: int, b: int, radius: int, t: int, device) -> torch.Tensor:
-    """Frame indices ``a-r .. b-1+r`` with the clip's end frames repeated past its ends."""
-    return torch.arange(a - radius, b + radius, device=device).clamp(0, t - 1)
-
-
 def _box_time(stats: torch.Tensor, radius: int) -> torch.Tensor:
     """Centred box average over dim 0 of ``stats [T, ...]`` with end frames repeated (window 2r+1)."""
+    if radius <= 0:
+        return stats
     t = stats.shape[0]
-    return _box_padded(stats.index_select(0, _window_index(0, t, radius, t, stats.device)), radius)
+    padded = stats.index_select(0, torch.arange(-radius, t + radius, device=stats.device).clamp(0, t - 1))
+    csum = torch.cat([torch.zeros_like(padded[:1]), padded.cumsum(0)])
+    return (csum[2 * radius + 1:] - csum[:t]) / (2 * radius + 1)
 
 
 def _frames(x: torch.Tensor, idx: torch.Tensor, dtype, device) -> torch.Tensor:
@@ -111,13 +107,6 @@ def _adain_stats(restored, reference, h, w, dtype, device, chunk) -> torch.Tenso
         out.append(torch.stack([x.mean((2, 3)), x.std((2, 3), correction=0),
                                 r.mean((2, 3)), r.std((2, 3), correction=0)], 1))
     return torch.cat(out)
-
-
-def _wavelet_diff(restored, reference, idx, h, w, dtype, device, levels) -> torch.Tensor:
-    """``D = low(reference) - low(restored)`` of frames ``idx`` as ``[n, 3, H, W]``."""
-    x = _frames(restored, idx, dtype, device)
-    r = match_size(_frames(reference, idx, dtype, device), h, w)
-    return lowpass(r, levels) - lowpass(x, levels)
 
 
 def color_match(restored, reference, method: str = "wavelet", window: int = 0, strength: float = 1.0,
@@ -149,21 +138,20 @@ def color_match(restored, reference, method: str = "wavelet", window: int = 0, s
     window, chunk, levels = int(window), int(chunk), int(levels)
     t, h, w, _ = x.shape
     device, dtype = x.device, _work_dtype(x.dtype)
-    stats = None
-    if method == "adain":
-        stats = _box_time(_adain_stats(x, ref, h, w, dtype, device, chunk), window)
+    stats = _adain_stats(x, ref, h, w, dtype, device, chunk)  # [T, 4, 3], small
+    target = _box_time(stats[:, 2:], window)  # the reference's smoothed mean / std: M_t, S_t
     out = torch.empty_like(x)
     for a in range(0, t, chunk):
         b = min(a + chunk, t)
         idx = torch.arange(a, b, device=device)
         cur = _frames(x, idx, dtype, device)
+        own, tgt = stats[a:b, :, :, None, None], target[a:b, :, :, None, None]  # [n, 2|4, 3, 1, 1]
         if method == "adain":
-            s = stats[a:b, :, :, None, None]  # [n, 4, 3, 1, 1]
-            fixed = (cur - s[:, 0]) / s[:, 1].clamp_min(_EPS) * s[:, 3] + s[:, 2]
+            fixed = (cur - own[:, 0]) / own[:, 1].clamp_min(_EPS) * tgt[:, 1] + tgt[:, 0]
         else:
-            # the window's difference maps: frames a-r .. b-1+r, ends repeated (bounded by chunk + 2r frames)
-            span = _window_index(a, b, window, t, device)
-            fixed = cur + _box_padded(_wavelet_diff(x, ref, span, h, w, dtype, device, levels), window)
+            r = match_size(_frames(ref, idx, dtype, device), h, w)
+            low_ref = lowpass(r, levels) + (tgt[:, 0] - own[:, 2] if window else 0.0)
+            fixed = cur - lowpass(cur, levels) + low_ref
         res = cur + float(strength) * (fixed - cur)
         if clamp:
             res = res.clamp(0.0, 1.0)

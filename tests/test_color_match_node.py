@@ -53,7 +53,7 @@ def test_correction_lowers_the_colour_difference(comfy_host, method):
 def test_none_and_identity(comfy_host):
     res = comfy_host.run(graph("none"), outputs=["2", "3"])
     assert torch.equal(res["outputs"]["3"][0], res["outputs"]["2"][0])
-    res = comfy_host.run(graph("wavelet", restored=["1", 0]), outputs=["1", "3", "5"])
+    res = comfy_host.run(graph("wavelet", window=0, restored=["1", 0]), outputs=["1", "3", "5"])
     assert torch.allclose(res["outputs"]["3"][0], res["outputs"]["1"][0], atol=1e-6)
     assert json.loads(res["outputs"]["5"][0])["color_delta_e"] == pytest.approx(0, abs=1e-4)
 
