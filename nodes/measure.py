@@ -110,14 +110,16 @@ class VideoMetrics(io.ComfyNode):
             node_id="TR_VideoMetrics",
             display_name="Video Metrics (Temporal Restore)",
             category="temporal_restore/measure",
-            description="PSNR / SSIM against a reference, warping error, flicker and window-seam ratio of a "
-                        "restored clip, as JSON (shown on the node and stored in the history).",
+            description="PSNR / SSIM and colour difference against a reference, warping error, flicker and "
+                        "window-seam ratio of a restored clip, as JSON (shown on the node and stored in the history).",
             inputs=[
                 io.Image.Input("restored", tooltip="The clip to measure [T,H,W,3]."),
                 io.Image.Input("reference", optional=True,
-                               tooltip="Clean ground truth, same shape as restored: enables PSNR/SSIM, and the "
-                                       "flow for the warping error is estimated on it (so the restored clip "
-                                       "cannot bias it)."),
+                               tooltip="Clean ground truth, same shape as restored: enables PSNR/SSIM, the "
+                                       "colour difference color_delta_e (CIEDE2000 between 1/8-frame block means) "
+                                       "and colour flicker color_flicker (frame-to-frame change of the mean "
+                                       "L*a*b* colour cast, CIE76 deltaE), and the flow for the warping error is "
+                                       "estimated on it (so the restored clip cannot bias it)."),
                 io.Image.Input("degraded", optional=True,
                                tooltip="The restorer's input (needs reference): adds psnr_degraded / "
                                        "ssim_degraded as the baseline; smaller inputs are bicubic-upscaled."),

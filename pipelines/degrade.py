@@ -68,6 +68,11 @@ VIDEO_CODECS = {"h264": "libx264", "mpeg4": "mpeg4"}
 # ----------------------------------------------------------------------------------------------- helpers
 def check_frames(frames, name: str = "frames") -> torch.Tensor:
     """Validate a ComfyUI IMAGE batch ``[T, H, W, 3]`` and return it as float32 (no copy if already so)."""
+    return validate_frames(frames, name).float()
+
+
+def validate_frames(frames, name: str = "frames") -> torch.Tensor:
+    """Validate a ComfyUI IMAGE batch ``[T, H, W, 3]`` of floats; returned as it is (dtype kept)."""
     if not isinstance(frames, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor [T,H,W,3] float in 0..1, got {type(frames).__name__}")
     if frames.ndim != 4 or frames.shape[-1] != 3:
@@ -76,7 +81,7 @@ def check_frames(frames, name: str = "frames") -> torch.Tensor:
         raise ValueError(f"{name}: expected at least one frame of at least 1x1 pixels, got {tuple(frames.shape)}")
     if not frames.is_floating_point():
         raise ValueError(f"{name}: expected a float tensor in 0..1, got dtype {frames.dtype}")
-    return frames.float()
+    return frames
 
 
 def _torch_gen(seed: int) -> torch.Generator:

@@ -22,6 +22,9 @@ float64 on the CPU. Definitions (all documented here so numbers are comparable a
 * ``seam_ratio(frames, boundaries)``: per-pair flicker (or warping error, ``mode="warp"``) averaged over
   the pairs ``(b - 1, b)`` for each ``b`` in ``boundaries`` (the first frame of a new window), divided by
   the average over all other pairs. 1 means the window seams are invisible.
+* ``color_delta_e`` / ``color_flicker``: CIEDE2000 colour difference to the reference on low-passed (block
+  mean) frames, and the frame-to-frame change of the mean L*a*b* colour cast (CIE76); defined in
+  ``color_diff``.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import color_diff
 from . import flow as _flow
 from .degrade import check_frames, gaussian_kernel1d
 
@@ -258,8 +262,9 @@ def video_metrics(restored, reference=None, flow=None, occlusion=None, degraded=
     """All metrics in one dict (floats; ``None`` where undefined).
 
     Keys: ``frames``, ``height``, ``width``; with ``reference``: ``psnr``, ``ssim`` (luminance),
-    ``flicker_reference``, ``warping_error_reference``; with ``reference`` and ``degraded`` (bicubic-resized
-    to the reference size if smaller): ``psnr_degraded``, ``ssim_degraded``; always ``warping_error``
+    ``flicker_reference``, ``warping_error_reference``, ``color_delta_e`` (CIEDE2000 on low-passed frames) and
+    ``color_flicker`` (see ``color_diff``); with ``reference`` and ``degraded`` (bicubic-resized
+    to the reference size if smaller): ``psnr_degraded``, ``ssim_degraded``, ``color_delta_e_degraded``; always ``warping_error``
     (flow: the given one, else DIS on the reference if any, else DIS on ``restored``; ``flow_source`` says
     which), ``flicker``, ``flicker_lowpass``; with ``boundaries``: ``seam_ratio`` (mean mode) and
     ``seam_ratio_lowpass``. ``callback(done, total)`` is called after each flow pair estimated.
@@ -273,12 +278,14 @@ def video_metrics(restored, reference=None, flow=None, occlusion=None, degraded=
         _same_shape(x, ref, "restored", "reference")
         out["psnr"] = psnr(x, ref)
         out["ssim"] = ssim(x, ref)
+        out.update(color_diff.color_metrics(x, ref))
         if degraded is not None:
             d = resize_to(check_frames(degraded, "degraded"), h, w)
             if d.shape[0] != t:
                 raise ValueError(f"degraded: expected {t} frames like reference, got {d.shape[0]}")
             out["psnr_degraded"] = psnr(d, ref)
             out["ssim_degraded"] = ssim(d, ref)
+            out["color_delta_e_degraded"] = float(color_diff.color_difference_per_frame(d, ref).mean())
     if t >= 2:
         if flow is not None:
             occ = occlusion

@@ -18,7 +18,10 @@ Groups:
 from __future__ import annotations
 
 GROUPS = ("tdm", "zvrd", "diffir2vr", "distilled")
-
+# issue 23: the colour fixes evaluate.py --color applies to a restored row, as (label, method, temporal radius);
+# the reference is the degraded input (what a user has), as in the bundled workflows' TR_ColorMatch
+COLOR_FIXES = (("no colour fix", "none", 0), ("wavelet", "wavelet", 0), ("wavelet, temporal r=2", "wavelet", 2),
+               ("adain", "adain", 0), ("adain, temporal r=2", "adain", 2))
 
 
 def configurations(ctx, groups=GROUPS):

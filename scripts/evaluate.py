@@ -9,6 +9,15 @@ Rows: the degraded input, then the configurations of ``scripts/eval_configs.py``
 diffir2vr, distilled; all with the same model, ControlNet hint = the degraded frames, cfg 1).
 Columns: PSNR / SSIM against the clean clip, warping error (with the clip's true flow), flicker, seconds per
 frame. Model: the embedded demo model (models/demo/) unless --checkpoint/--controlnet name an SD1.5 pair.
+
+Colour correction (issue 23): ``--color "TDM full"`` adds a second table per task: the named rows' outputs
+with each fix of ``eval_configs.COLOR_FIXES`` (``pipelines.color``, reference = the degraded input), with
+PSNR / SSIM, colour difference (CIEDE2000 on low-passed frames) and colour flicker against the clean clip
+(``pipelines.color_diff``), and the PSNR / SSIM change the fix makes. ``--rows`` runs only the rows whose
+names start with one of the given prefixes. ``--synthetic rocket`` evaluates on a synthetic clip of a
+held-out image (``pipelines.synthetic.make_clip``, 128x96, pan, seed 1) instead of ``--ground-truth``:
+
+    .venv/bin/python scripts/evaluate.py --frames 8 --rows "TDM full" --color "TDM full" --tasks denoise,sr_x4
 """
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_demo_model as common  # noqa: E402
-from eval_configs import GROUPS  # noqa: E402
+from eval_configs import COLOR_FIXES, GROUPS  # noqa: E402
 
 REPO = common.REPO
 
@@ -30,6 +39,9 @@ REPO = common.REPO
 def load_clip(a):
     from temporal_restore.pipelines import synthetic
 
+    if a.synthetic:
+        clip = synthetic.make_clip(a.synthetic, a.frames, 96, 128, "pan", seed=1)
+        return clip.frames.float(), clip.flow_field()
     gt = synthetic.load_ground_truth(a.ground_truth)
     n = min(a.frames, gt.frames.shape[0])
     frames = gt.frames[:n].float()
@@ -56,11 +68,28 @@ def run(a):
     from temporal_restore.pipelines import metrics
 
     groups = [g.strip() for g in a.groups.split(",") if g.strip()]
+    rows = [r.strip() for r in a.rows.split(",") if r.strip()] or [""]
+    color_rows = [r.strip() for r in (a.color or "").split(",") if r.strip()]
+    clip_name = f"synthetic {a.synthetic} clip (held out)" if a.synthetic else os.path.basename(a.ground_truth)
+
+    def color_fixes(name, out, degraded, before):
+        """The rows of the colour table for one restored clip ``out``: each fix of COLOR_FIXES."""
+        from temporal_restore.pipelines import color
+
+        res = []
+        for label, method, radius in COLOR_FIXES:
+            m = before if method == "none" else metrics.video_metrics(
+                color.color_match(out, degraded, method, radius), reference=clean, flow=flow)
+            res.append((name, label, m, before))
+        return res
+
     tasks = list(tt.DEMO_TASKS) if a.tasks == "all" else [t.strip() for t in a.tasks.split(",") if t.strip()]
     # checked before any model is loaded
     for t in tasks:
         if t not in tt.TASK_PROMPTS:
             raise SystemExit(f"--tasks: expected names from {sorted(tt.TASK_PROMPTS)} or 'all', got {t!r}")
+    if a.synthetic and a.synthetic not in tt.HELDOUT_IMAGES:
+        raise SystemExit(f"--synthetic: expected a held-out image from {tt.HELDOUT_IMAGES}, got {a.synthetic!r}")
     if set(groups) - set(GROUPS):
         raise SystemExit(f"--groups: expected names from {GROUPS}, got {sorted(set(groups) - set(GROUPS))}")
     clean, flow = load_clip(a)
@@ -73,32 +102,55 @@ def run(a):
         ctx = types.SimpleNamespace(model=model, clip=clip, vae=vae, control=control, degraded=work,
                                     latent=vae.encode(work), task=task, steps=a.steps, denoise=a.denoise,
                                     seed=a.seed, radius=a.radius, tt=tt)
-        table = []
+        table, colour = [], []
 
         def measure(name, frames, secs):
             m = metrics.video_metrics(frames, reference=clean, flow=flow)
             table.append((name, m["psnr"], m["ssim"], m["warping_error"], m["flicker"], secs))
+            return m
 
-        measure("input (degraded)", degraded, 0.0)
+        colour.append(("input (degraded)", "-", measure("input (degraded)", degraded, 0.0), None))
         for _, name, fn in eval_configs.configurations(ctx, groups):
+            if not any(name.startswith(r) for r in rows):
+                continue
             t0 = time.time()
             samples = fn()
             out = tt.from_work_scale(vae.decode(samples).reshape(work.shape).clamp(0, 1), ws)
-            measure(name, out, (time.time() - t0) / clean.shape[0])
+            m = measure(name, out, (time.time() - t0) / clean.shape[0])
+            if any(name.startswith(c) for c in color_rows):
+                colour += color_fixes(name, out, degraded, m)
             print(f"{task} / {name}: done", file=sys.stderr)
-        head = (f"Ablation on {os.path.basename(a.ground_truth)} ({clean.shape[0]} frames {clean.shape[2]}x{clean.shape[1]}), "
+        head = (f"Ablation on {clip_name} ({clean.shape[0]} frames {clean.shape[2]}x{clean.shape[1]}), "
                 f"task {task} ({tt.TASK_PROMPTS[task]!r}), model {'demo' if not a.checkpoint else os.path.basename(a.checkpoint)}, "
                 f"{a.steps} steps, denoise {a.denoise}, SW-CFA radius {a.radius}, working scale x{ws}\n\n"
                 "| configuration | PSNR (dB) | SSIM | warping error | flicker | s/frame |\n|---|---|---|---|---|---|\n")
         body = "".join(f"| {n} | {p:.2f} | {s:.3f} | {w:.4f} | {f:.4f} | {t:.2f} |\n" for n, p, s, w, f, t in table)
         texts.append(head + body)
-        print(texts[-1], flush=True)
+        if color_rows:
+            texts.append(color_table(clip_name, task, colour))
+        print("\n".join(texts[-2 if color_rows else -1:]), flush=True)
     text = "\n".join(texts)
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w") as f:
             f.write(text)
     return text
+
+
+def color_table(clip_name, task, rows) -> str:
+    """Markdown: PSNR / SSIM / colour difference / colour flicker per (row, colour fix), with the change the
+    fix makes to PSNR and SSIM (``rows``: ``(row, fix label, metrics, metrics without the fix)``)."""
+    head = (f"Colour correction on {clip_name}, task {task} (reference of the fix: the degraded input; "
+            "dE00 = CIEDE2000 on 1/8-frame block means; colour flicker = frame-to-frame change of the mean "
+            "L*a*b* cast, CIE76)\n\n| configuration | colour fix | PSNR (dB) | SSIM | dE00 | colour flicker | "
+            "dPSNR | dSSIM |\n|---|---|---|---|---|---|---|---|\n")
+    body = ""
+    for name, label, m, before in rows:
+        dp = "" if before is None else f"{m['psnr'] - before['psnr']:+.2f}"
+        ds = "" if before is None else f"{m['ssim'] - before['ssim']:+.3f}"
+        body += (f"| {name} | {label} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['color_delta_e']:.3f} | "
+                 f"{m['color_flicker']:.3f} | {dp} | {ds} |\n")
+    return head + body
 
 
 def main(argv=None):
@@ -119,6 +171,11 @@ def main(argv=None):
     ap.add_argument("--work-scale", type=int, help="upsample the clip by this before the VAE and the ControlNet and "
                     "area-average the result back (default: 2 for the demo model, as its workflow; 1 with --checkpoint)")
     ap.add_argument("--out", help="also write the markdown table here")
+    ap.add_argument("--rows", default="", help="comma-separated prefixes of the rows to run (default: all)")
+    ap.add_argument("--color", help="comma-separated row-name prefixes whose outputs get the colour-fix table "
+                    "(e.g. 'TDM full'; issue 23)")
+    ap.add_argument("--synthetic", help="evaluate on a synthetic clip of this held-out image (e.g. rocket) "
+                    "instead of --ground-truth")
     a = ap.parse_args(argv)
     if a.checkpoint and not a.controlnet:
         ap.error("--checkpoint needs --controlnet")

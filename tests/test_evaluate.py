@@ -23,14 +23,17 @@ def _run(*args, timeout=900):
                           timeout=timeout, env=env, cwd=REPO)
 
 
-def _tables(text):
+def _tables(text, header="Ablation on", keys=1):
+    """{task: {row: [figures]}} of the tables whose title starts with ``header`` (``keys`` leading text
+    cells form the row key: 1 for the ablation tables, 2 (row, colour fix) for the colour tables)."""
     tables, cur = {}, None
     for line in text.splitlines():
-        if line.startswith("Ablation on"):
-            cur = tables.setdefault(line.split("task ")[1].split(" ")[0], {})
+        if line.startswith(("Ablation on", "Colour correction on")):
+            cur = tables.setdefault(line.split("task ")[1].split(" ")[0], {}) if line.startswith(header) else None
         elif cur is not None and line.startswith("| ") and not line.startswith("| configuration"):
             cells = [c.strip() for c in line.strip("|").split("|")]
-            cur[cells[0]] = [float(c) for c in cells[1:]]
+            key = cells[0] if keys == 1 else tuple(cells[:keys])
+            cur[key] = [float(c) for c in cells[keys:] if c]
     return tables
 
 
@@ -85,3 +88,27 @@ def test_issue_targets_tdm_at_denoise_0_7():
     assert full[2] <= 0.7 * per_frame[2], (full, per_frame)
     assert full[0] >= per_frame[0] - 0.5, (full, per_frame)
     assert wrong[0] < full[0] - 0.1, (wrong, full)
+
+
+def test_colour_table_on_held_out_synthetic_clip():
+    """Issue 23: --color adds every colour fix of eval_configs.COLOR_FIXES for the named row, measured on a
+    held-out synthetic clip; the fixes change the figures, 'no colour fix' repeats the row's own figures."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from eval_configs import COLOR_FIXES
+
+    res = _run("--frames", "3", "--steps", "2", "--tasks", "denoise", "--rows", "TDM full", "--color", "TDM full",
+               "--synthetic", "rocket")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "synthetic rocket clip (held out)" in res.stdout
+    main, colour = _tables(res.stdout)["denoise"], _tables(res.stdout, "Colour correction on", 2)["denoise"]
+    assert set(main) == {"input (degraded)", "TDM full"}
+    assert {fix for _, fix in colour} == {"-"} | {label for label, _, _ in COLOR_FIXES}
+    none = colour[("TDM full", "no colour fix")]
+    assert none[:2] == pytest.approx(main["TDM full"][:2], abs=0.01)
+    for (row, fix), figures in colour.items():
+        psnr, ssim, de, cf = figures[:4]
+        assert all(math.isfinite(x) for x in (psnr, ssim, de, cf)) and de >= 0 and cf >= 0, (row, fix)
+        if fix not in ("-", "no colour fix"):
+            assert (psnr, de) != (none[0], none[2]), fix
+    res = _run("--frames", "2", "--steps", "1", "--synthetic", "coffee")
+    assert res.returncode != 0 and "--synthetic" in res.stderr
