@@ -1,7 +1,7 @@
 """Sampling a clip of any length in overlapping windows (DiffVSR §3.4, Eq. 4): the orchestration behind
 TR_ILTChunker.
 
-Two modes:
+Three modes:
 
 * ``fused``: one sampler run over the whole latent; every model call is split into windows (each
   window's conditioning, ControlNet hint and ``frame_index`` sliced to its frames) and the per-window
@@ -16,10 +16,14 @@ Two modes:
   may also keep per-window state in ``transformer_options["temporal_restore"]["ilt_state"]`` (a
   :class:`._windowed.RunState` shared by every model call of one run; ``"window"`` is the index in
   sequential mode).
-* ``boundary_kv > 0`` (both modes): self-attention keys/values of the previous window's last
+* ``post`` (DiffVSR §3.4 as published): windows sampled one after the other, each on its own (no
+  carried predictions), and only their final latents fused with Eq. 4 ("a lightweight post-processing
+  solution"). This is ``sequential`` without ``carry_state``; ``fused`` and the carried ``sequential``
+  are this pack's extensions.
+* ``boundary_kv > 0`` (all modes): self-attention keys/values of the previous window's last
   exclusive frames are appended to every frame of the next window (:mod:`._boundary_kv`).
 
-Both modes use the rescheduled noise (same noise frames reused and reordered across overlaps) unless
+All modes use the rescheduled noise (same noise frames reused and reordered across overlaps) unless
 ``noise`` is ``independent`` (ComfyUI's ``prepare_noise`` over the whole clip). Any stock SAMPLER and
 SIGMAS and any model patches work; each window's absolute frame indices are published in
 ``transformer_options["temporal_restore"]["frame_index"]``. Conditioning tensors, ControlNet hints and
@@ -38,7 +42,7 @@ from ._checks import check_choice, check_latent
 from ._conditioning import slice_conditioning, slice_frames
 from ._windowed import Carry, Part, Progress, RunState, WindowedGuider
 
-MODES = ("fused", "sequential")
+MODES = ("fused", "sequential", "post")
 NOISE_MODES = ("rescheduled", "independent")
 
 
@@ -158,8 +162,8 @@ def chunked_sample(model, positive, negative, latent: dict, seed: int, cfg: floa
                blend_mode, progress, boundary_kv)
     if mode == "fused":
         out = _fused(s, seed, cfg, sampler, sigmas).to(comfy.model_management.intermediate_device())
-    else:
-        out = _sequential(s, seed, cfg, sampler, sigmas, carry_state)
+    else:  # post: the paper's ILT, windows on their own, final latents fused (Eq. 4)
+        out = _sequential(s, seed, cfg, sampler, sigmas, carry_state and mode == "sequential")
     result = latent.copy()
     result.pop("downscale_ratio_spacial", None)
     result["samples"] = out

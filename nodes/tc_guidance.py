@@ -28,6 +28,9 @@ from ._zvrd import rgb_factors, run_key, step_progress
 
 log = logging.getLogger("temporal_restore")
 
+#: T_TC as a fraction of the schedule: ZVRD applies the pixel term for t < 300 of 1000 (§3.3)
+GUIDANCE_START = 0.7
+
 KEY = "tc_guidance"
 
 
@@ -109,7 +112,8 @@ class GuidancePostCFG(Shared):
             return self.guide(x0, progress, idx, run_key(to))
 
 
-def install_tc_guidance(model, scale=0.1, guidance_start=0.5, flow=None, clip_vision=None, gamma=0.1):
+def install_tc_guidance(model, scale=0.1, guidance_start=None, flow=None, clip_vision=None, gamma=0.1):
+    guidance_start = GUIDANCE_START if guidance_start is None else guidance_start
     factors, bias = rgb_factors(model)
     guide = tcg.TCGuidance(scale=scale, guidance_start=guidance_start, gamma=gamma, input_flow=flow,
                            embed=clip_embedder(clip_vision) if clip_vision is not None else None,
@@ -136,10 +140,11 @@ class TCGuidance(io.ComfyNode):
                 io.Float.Input("scale", default=0.1, min=0.0, max=10.0, step=0.01,
                                tooltip="Gradient scale s: x0 <- x0 - s * grad(L_TC). 0 disables guidance "
                                        "(bit-identical to the unpatched model)."),
-                io.Float.Input("guidance_start", default=0.5, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("guidance_start", default=GUIDANCE_START, min=0.0, max=1.0, step=0.01,
                                tooltip="T_TC as a fraction of the schedule: the pixel (flow-warp) term is applied "
                                        "from this point of sampling on (the x0 estimate is too blurry for flow "
-                                       "before, per the paper)."),
+                                       "before, per the paper). Default 0.7: the paper's t < 300 of 1000; this "
+                                       "pack's earlier default was 0.5."),
                 FLOW.Input("flow", optional=True,
                            tooltip="Flow of the input frames (TR_FlowEstimate). Without it the flow is estimated "
                                    "on the previous step's x0 preview each step, as in the paper (slower)."),

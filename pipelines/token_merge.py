@@ -11,15 +11,19 @@ other frames (the *sources*) gets one candidate target token in the keyframe:
   ``exp(-floor(|X(i) - X(j)|^2 / R))``; ``W = ceil(sqrt(2 R))`` so matching costs
   ``O(tokens * window)`` (weights beyond the window are below ``e^-2``).
 
-The ``m`` best-scored sources of a chunk are merged into their targets (mean); the chunk becomes one
+The ``m`` best-scored sources of a chunk are merged into their targets; the chunk becomes one
 sequence ``[keyframe tokens, kept source tokens]`` and the attention runs on it (fewer tokens,
 cross-frame within the chunk).  After attention every merged source takes its target's output
-(replacement unmerging).  Tokens in a padding region (``valid`` mask) are neither sources nor
+(replacement unmerging).  Merging is ``"replace"`` by default, as the official code: a merged slot
+holds the keyframe token alone and the merged sources are dropped (the paper's appendix found averaging
+blurrier); ``"mean"`` averages the keyframe token with the sources merged into it.  Only the two highest
+resolutions are merged by default (:func:`merge_level`: token grid downsampled at most 2x from the latent,
+never the middle block), as the official code's ``max_downsample = 2``.  Tokens in a padding region (``valid`` mask) are neither sources nor
 targets (padding removal), unless a chunk must be shortened to a common length (see
 :func:`plan_merge`).
 
 Everything is expressed as one index ``dest [B*N]`` (slot of each input token in the merged batch),
-so ``merge`` is a scatter-mean and ``unmerge`` a gather: the pair is reversible by construction.
+so ``merge`` is a scatter (mean) or a gather of each slot's owner (replace) and ``unmerge`` a gather: the pair is reversible by construction.
 
 Limitations (honest notes):
 
@@ -48,6 +52,25 @@ from .latent_warp import choose_keyframes
 Tensor = torch.Tensor
 
 MATCH_MODES = ("flow", "cosine")
+MERGE_MODES = ("replace", "mean")
+LEVELS = ("top2", "all")
+
+
+def merge_level(block, h: int, w: int, latent_h: int, latent_w: int, levels: str = "top2") -> bool:
+    """Whether an attention layer on an ``h x w`` token grid of a ``latent_h x latent_w`` latent in UNet
+    ``block`` (ComfyUI's ``("input"|"middle"|"output", n)``) merges tokens.
+
+    ``"top2"`` (official DiffIR2VR-Zero / VidToMe code, ``max_downsample = 2``): only grids downsampled at
+    most 2x (SD1.5: the two highest resolutions, 4 of the down and 6 of the up attention layers) and never
+    the middle block. ``"all"``: every layer (this pack's earlier behaviour)."""
+    if levels not in LEVELS:
+        raise ValueError(f"levels: expected one of {LEVELS}, got {levels!r}")
+    if levels == "all":
+        return True
+    if block is not None and block[0] == "middle":
+        return False
+    downsample = max(-(-int(latent_h) // max(1, int(h))), -(-int(latent_w) // max(1, int(w))))
+    return downsample <= 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,11 +240,11 @@ def flow_matches(f_st: Tensor, f_ts: Tensor, occ: Optional[Tensor] = None,
 # ----------------------------------------------------------------------------------------------
 
 def frame_groups(frame_idx: Sequence[int], chunk_size: int, keyframe_mode: str = "random",
-                 seed: int = 0) -> list[tuple[int, list[int]]]:
+                 seed: int = 0, num_frames: Optional[int] = None) -> list[tuple[int, list[int]]]:
     """Frame chunks of one cond/uncond chunk: ``[(key position, [positions, key first])]`` with
     positions into ``frame_idx``; chunks are ``abs_index // chunk_size`` (windows agree)."""
     idx = [int(i) for i in frame_idx]
-    keys = choose_keyframes(idx, chunk_size, keyframe_mode, seed)
+    keys = choose_keyframes(idx, chunk_size, keyframe_mode, seed, num_frames)
     pos = {f: p for p, f in enumerate(idx)}
     out = []
     for b in sorted(keys):
@@ -268,17 +291,26 @@ def build_dest(n_frames: int, key: int, index: Tensor, score: Tensor, m: int, n_
     return dest, n_tokens + int(kept.sum())
 
 
-def make_merge(dest: Tensor, n_groups: int, M: int) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+def make_merge(dest: Tensor, n_groups: int, M: int, merge_mode: str = "mean",
+               owner: Optional[Tensor] = None) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
     """``(merge, unmerge)`` closures for a slot map ``dest [B,N]`` (values in ``[0, n_groups*M)``).
 
-    ``merge(x [B,N,C]) -> [n_groups, M, C]`` (mean of the tokens sharing a slot);
+    ``merge(x [B,N,C]) -> [n_groups, M, C]``: ``"mean"`` of the tokens sharing a slot, or ``"replace"``:
+    the slot's owner token ``x.reshape(B*N, C)[owner[slot]]`` (``owner [n_groups*M]`` flat token indices:
+    the keyframe token where sources were merged into it, otherwise the slot's only token);
     ``unmerge(y [n_groups, M, C]) -> [B,N,C]`` (every token takes its slot's value)."""
+    if merge_mode not in MERGE_MODES:
+        raise ValueError(f"merge_mode: expected one of {MERGE_MODES}, got {merge_mode!r}")
+    if merge_mode == "replace" and (owner is None or owner.shape != (n_groups * M,)):
+        raise ValueError(f"owner: replace-merging needs one owner token per slot ({n_groups * M})")
     B, N = dest.shape
     flat = dest.reshape(-1)
     counts = torch.bincount(flat, minlength=n_groups * M).clamp_min(1)
     inv = {}
 
     def merge(x: Tensor) -> Tensor:
+        if merge_mode == "replace":
+            return x.reshape(B * N, x.shape[-1]).index_select(0, owner.to(x.device)).view(n_groups, M, x.shape[-1])
         C = x.shape[-1]
         key = (x.device, x.dtype)
         if key not in inv:
@@ -300,12 +332,15 @@ FlowLookup = Callable[[int, int], tuple[Tensor, Tensor, Tensor]]
 
 def plan_merge(x: Tensor, n_chunks: int, h: int, w: int, frame_idx: Sequence[int], ratio: float,
                chunk_size: int = 4, mode: str = "cosine", flow: Optional[FlowLookup] = None, R: float = 4.0,
-               keyframe_mode: str = "random", seed: int = 0, valid: Optional[Tensor] = None):
+               keyframe_mode: str = "random", seed: int = 0, valid: Optional[Tensor] = None,
+               merge_mode: str = "mean", num_frames: Optional[int] = None):
     """Plan token merging for one attention call and return ``(merge, unmerge)`` or ``None``.
 
     ``x [n_chunks * F, N, C]`` (``N = h*w``, frames contiguous per cond/uncond chunk, never mixed),
     ``frame_idx`` absolute indices of the F frames of a chunk.  ``mode`` ``"flow"`` needs
     ``flow(a, b) -> (f_ab [2,h,w], occ_a [1,h,w], conf)`` on the token grid (absolute indices).
+    ``merge_mode``: ``"mean"`` or ``"replace"`` (:func:`make_merge`); ``num_frames`` (clip length) bounds
+    the last chunk for the keyframe choice (:func:`latent_warp.choose_keyframes`, shared with latent warping).
     Returns ``None`` (no patch: bit-identical) when ``ratio == 0`` or no chunk has two frames.
     """
     if mode not in MATCH_MODES:
@@ -316,7 +351,7 @@ def plan_merge(x: Tensor, n_chunks: int, h: int, w: int, frame_idx: Sequence[int
     if N != h * w:
         raise ValueError(f"tokens: {N} tokens do not form a {h}x{w} grid")
     F = B // n_chunks
-    groups = frame_groups(frame_idx, chunk_size, keyframe_mode, seed)
+    groups = frame_groups(frame_idx, chunk_size, keyframe_mode, seed, num_frames)
     if all(len(g[1]) < 2 for g in groups):
         return None
     counts = merge_counts([len(g[1]) for g in groups], N, ratio)
@@ -356,7 +391,18 @@ def plan_merge(x: Tensor, n_chunks: int, h: int, w: int, frame_idx: Sequence[int
             dest[torch.tensor([c * F + p for p in members], device=x.device)] = d
             slot += M
     n_groups = n_chunks * len(groups)
-    return make_merge(dest, n_groups, M_common)
+    owner = None
+    if merge_mode == "replace":
+        # each slot's owner: the keyframe token where sources were merged into it, else its only token
+        flat = dest.reshape(-1)
+        is_key = torch.zeros(B, N, dtype=torch.bool, device=x.device)
+        is_key[[c * F + k for c in range(n_chunks) for k, _ in groups]] = True
+        is_key = is_key.reshape(-1)
+        tokens = torch.arange(B * N, device=x.device)
+        owner = torch.zeros(n_groups * M_common, dtype=torch.long, device=x.device)
+        owner[flat[~is_key]] = tokens[~is_key]
+        owner[flat[is_key]] = tokens[is_key]
+    return make_merge(dest, n_groups, M_common, merge_mode, owner)
 
 
 def valid_token_mask(h: int, w: int, latent_h: int, latent_w: int, pad_bottom: int = 0, pad_right: int = 0,

@@ -85,7 +85,7 @@ def configurations(ctx, groups=GROUPS):
             return slr_attention.install_slr(model, flow=flow())[0]
 
         def slr_tc():
-            return tc_guidance.install_tc_guidance(slr(), 0.1, 0.5, flow=flow())[0]
+            return tc_guidance.install_tc_guidance(slr(), 0.1, flow=flow())[0]  # the node's default T_TC
 
         def shared(stop=None):
             share = nsh.NoiseShare(ctx.seed, flow())

@@ -353,3 +353,36 @@ def test_ilt_state_persists_across_windows(comfy_host, tiny, inference):
         ilt_node.chunked_sample(m, pos, neg, {"samples": latent}, 0, 2.0, comfy.samplers.sampler_object("euler"),
                                 _sigmas(model, 2), window=6, overlap=2, mode=mode)
         assert len(set(seen)) == 1 and len(seen) > 1
+
+
+def test_post_mode_is_independent_windows_then_eq4(comfy_host, tiny, inference):
+    """``post`` (DiffVSR §3.4 as published): each window sampled on its own with its slice of the
+    rescheduled noise, then the final latents fused with Eq. 4, written out here from the paper:
+    F[j] = alpha_j F_i[s + j] + (1 - alpha_j) F_{i+1}[j], alpha_j = 1 - j / (P - 1)."""
+    from temporal_restore.nodes import ilt as ilt_node
+    import comfy.samplers
+
+    from temporal_restore.nodes import sw_cfa
+
+    model, vae, pos, neg, _ = _objects(comfy_host, tiny)
+    model = sw_cfa.install_sw_cfa(model, "sw_cfa", 2)  # cross-frame attention: windows see different frames
+    T, window, overlap = 9, 6, 3  # windows [0, 6) and [3, 9): stride s = 3, P = 3
+    _, latent = _clip(vae, T, static=False, seed=4)
+    sigmas = _sigmas(model)
+    noise = ilt.reschedule_noise(T, window, overlap, latent.shape[1:], seed=2)
+    f0 = _unchunked(model, pos, neg, latent[:6], noise[:6], sigmas)
+    f1 = _unchunked(model, pos, neg, latent[3:], noise[3:], sigmas)
+    s, p = 3, 3
+    ref = torch.cat([f0[:s], torch.zeros_like(f0[:p]), f1[p:]])
+    for j in range(p):
+        a = 1 - j / (p - 1)
+        ref[s + j] = a * f0[s + j] + (1 - a) * f1[j]
+    run = lambda mode: ilt_node.chunked_sample(  # noqa: E731
+        model, pos, neg, {"samples": latent}, 2, 2.0, comfy.samplers.sampler_object("euler"), sigmas,
+        window=window, overlap=overlap, mode=mode, carry_state=True)["samples"]
+    out = run("post")
+    tol = 1e-6 * float(ref.abs().max()) + 1e-5
+    assert (out - ref).abs().max() <= tol, ((out - ref).abs().max(), tol)
+    assert (f0[s:] - f1[:p]).abs().max() > 1e-2  # the windows really disagree on the overlap
+    # the carried sequential mode is a different method (carry_state is ignored by post only)
+    assert (run("sequential") - ref).abs().max() > 1e-3
