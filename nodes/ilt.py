@@ -235,9 +235,10 @@ def _make_guider_class():
             # call here never holds more than one window, so estimate the memory for one window.
             win = max(sl.stop - sl.start for sl, _, _, _ in parts)
 
-            def window_memory(executor, model, noise_shape, conds, model_options=None):
+            def window_memory(executor, model, noise_shape, *args, **kwargs):
+                # forwards whatever ComfyUI adds (0.33 passes force_full_load= / force_offload=)
                 shape = [min(int(noise_shape[0]), win)] + list(noise_shape[1:])
-                return executor(model, shape, conds, model_options=model_options)
+                return executor(model, shape, *args, **kwargs)
 
             self.model_options = comfy.model_patcher.create_model_options_clone(self.model_options)
             comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING,

@@ -31,6 +31,15 @@ def is_widget(typ: str, opts: dict) -> bool:
     return typ in PRIMITIVES and not opts.get("forceInput")
 
 
+def widget_default(typ: str, opts: dict):
+    """What the page puts in a widget the workflow has no value for (a widget added to the node after the
+    workflow was saved, e.g. core CreateVideo's bit_depth): the schema default, else a combo's first option."""
+    if "default" in opts:
+        return opts["default"]
+    options = opts.get("options")
+    return options[0] if typ == "COMBO" and options else None
+
+
 def _depths(prompt: dict) -> dict[str, int]:
     depth: dict[str, int] = {}
 
@@ -164,7 +173,7 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
         for name, typ, opts in _inputs(schema):
             if is_widget(typ, opts):
-                value = values.pop(0) if values else None
+                value = values.pop(0) if values else widget_default(typ, opts)
                 if opts.get("control_after_generate") or (typ == "INT" and name in ("seed", "noise_seed")):
                     values.pop(0) if values else None
                 if opts.get("video_upload") or opts.get("image_upload"):
@@ -193,7 +202,7 @@ def normalise_api(prompt: dict, object_info: dict) -> dict:
                 v = node["inputs"][name]
                 inputs[name] = [ids[str(v[0])], v[1]] if isinstance(v, list) and len(v) == 2 and str(v[0]) in prompt else v
             elif is_widget(typ, opts):
-                inputs[name] = opts.get("default")
+                inputs[name] = widget_default(typ, opts)
         title = node.get("_meta", {}).get("title")
         entry = {"class_type": node["class_type"], "inputs": inputs}
         if title and title != schema.get("display_name"):
