@@ -35,6 +35,20 @@ def test_runtime_dependencies_never_pin_torch():
     assert not set(names) & {"torch", "torchvision", "torchaudio"}, deps
 
 
+def _requirement_lines(path: str) -> list[str]:
+    with open(path) as f:
+        lines = [line.split("#", 1)[0].strip() for line in f]
+    return [line for line in lines if line]
+
+
+def test_requirements_txt_equals_pyproject_dependencies():
+    """Manager / git-clone installs read requirements.txt, the Registry reads pyproject: same list, no torch."""
+    req = _requirement_lines(os.path.join(paths.REPO, "requirements.txt"))
+    deps = [d.strip() for d in _pyproject()["project"]["dependencies"]]
+    assert sorted(req) == sorted(deps), f"requirements.txt {req} != pyproject dependencies {deps}"
+    assert not any(line.startswith("-") for line in req), "requirements.txt holds pip options, not requirements"
+
+
 def test_icon_is_a_square_png_shipped_in_the_repo():
     icon = _pyproject()["tool"]["comfy"]["Icon"]
     assert icon.startswith(RAW_PREFIX), icon
