@@ -6,6 +6,10 @@ ComfyUI at module import time, so ``pipelines`` stays usable without it.
 
 
 async def comfy_entrypoint():
-    from .nodes import TemporalRestoreExtension
+    import folder_paths
 
+    from .nodes import TemporalRestoreExtension
+    from .nodes._sample_inputs import provide_sample_inputs
+
+    provide_sample_inputs(folder_paths.get_input_directory())  # the bundled workflows' video inputs
     return TemporalRestoreExtension()

@@ -127,10 +127,25 @@ def widget_slots(schema: dict) -> dict[str, int]:
     return slots
 
 
-def adapt(ui: dict, api: dict, object_info: dict, clip: str) -> tuple[dict, dict]:
-    """The UI and API workflows with the test clip as input and ``steps`` cut to TR_BROWSER_STEPS (2; empty keeps
-    the file's values), changed alike in both, as a user would set them before saving the workflow."""
+# loader title -> (input, key of the tiny model in the `tiny` fixture): what tr_cli's --checkpoint / --controlnet set
+MODEL_LOADERS = {"Checkpoint": ("ckpt_name", "checkpoint"), "ControlNet": ("control_net_name", "controlnet")}
+
+
+def adapt(ui: dict, api: dict, object_info: dict, clip: str, tiny: dict) -> tuple[dict, dict]:
+    """The UI and API workflows with the test clip as input, the tiny models in place of the real ones the files
+    name (and their download metadata dropped: the user picked a file they have) and ``steps`` cut to
+    TR_BROWSER_STEPS (2; empty keeps the file's values), changed alike in both, as a user would set them
+    before saving the workflow."""
     ui, api = copy.deepcopy(ui), copy.deepcopy(api)
+    for node in ui["nodes"]:
+        if node.get("title") in MODEL_LOADERS:
+            name, key = MODEL_LOADERS[node["title"]]
+            node["widgets_values"][widget_slots(object_info[node["type"]])[name]] = tiny[key]
+            node["properties"].pop("models", None)
+    for node in api.values():
+        if node.get("_meta", {}).get("title") in MODEL_LOADERS:
+            name, key = MODEL_LOADERS[node["_meta"]["title"]]
+            node["inputs"][name] = tiny[key]
     steps = os.environ.get("TR_BROWSER_STEPS", "2")
     loaders = [n for n in ui["nodes"] if n["type"] == "LoadVideo" and n.get("title") == INPUT_TITLE]
     assert len(loaders) == 1, f"expected one LoadVideo titled {INPUT_TITLE!r} in the UI file, found {len(loaders)}"
@@ -175,10 +190,10 @@ def test_chromium_sees_the_frontend(browser, server):
 
 
 @pytest.mark.parametrize("name", sorted(API))
-def test_workflow_in_browser(name, browser, server, clip_name, object_info):
+def test_workflow_in_browser(name, browser, server, clip_name, object_info, tiny):
     ui_path = os.path.join(UI_DIR, f"{name}.json")
     assert os.path.exists(ui_path), f"{ui_path} missing: run scripts/regen.py"
-    workflow, api = adapt(json.load(open(ui_path)), workflows.load(name), object_info, clip_name)
+    workflow, api = adapt(json.load(open(ui_path)), workflows.load(name), object_info, clip_name, tiny)
     want_types = sorted(n["type"] for n in workflow["nodes"])
 
     page, comfy = open_comfy(browser, server)
@@ -240,12 +255,12 @@ def test_workflow_in_browser(name, browser, server, clip_name, object_info):
 
 
 @pytest.mark.parametrize("name", sorted(API))
-def test_workflow_layout_readable(name, browser, server, clip_name, object_info):
+def test_workflow_layout_readable(name, browser, server, clip_name, object_info, tiny):
     """As a person sees the dropped file (with a clip chosen, so the video preview shows): no node drawn over
     another, every stage group's title visible, the note's whole text shown without scrolling."""
     ui_path = os.path.join(UI_DIR, f"{name}.json")
     assert os.path.exists(ui_path), f"{ui_path} missing: run scripts/regen.py"
-    workflow, _ = adapt(json.load(open(ui_path)), workflows.load(name), object_info, clip_name)
+    workflow, _ = adapt(json.load(open(ui_path)), workflows.load(name), object_info, clip_name, tiny)
     page, comfy = open_comfy(browser, server)
     try:
         comfy.drop_workflow(workflow, f"{name}.json")
@@ -259,7 +274,8 @@ def test_workflow_layout_readable(name, browser, server, clip_name, object_info)
 
 
 def test_every_workflow_has_a_thumbnail():
-    """workflows/thumbnails/<name>.png for each bundled workflow (made by scripts/make_thumbnails.py)."""
+    """workflows/<name>.jpg beside each bundled workflow (made by scripts/make_thumbnails.py): the template
+    browser shows /api/workflow_templates/<pack>/<name>.jpg for a custom node's template <name>.json."""
     assert API, "no bundled API workflows"
-    missing = [n for n in API if not os.path.exists(os.path.join(paths.REPO, "workflows", "thumbnails", f"{n}.png"))]
+    missing = [n for n in API if not os.path.exists(os.path.join(paths.REPO, "workflows", f"{n}.jpg"))]
     assert not missing, f"no thumbnail for {missing}: run scripts/make_thumbnails.py"

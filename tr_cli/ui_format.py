@@ -12,6 +12,16 @@ COLUMN_W, ROW_GAP, NODE_W = 380, 40, 320
 UPLOAD_PREVIEW_H = 240  # LoadVideo/LoadImage preview drawn once a file is chosen
 NODE_TITLE_H = 30  # LiteGraph.NODE_TITLE_HEIGHT: a node's title bar is drawn above its pos
 STAGE_COLORS = ["#3f789e", "#8A8", "#b06634", "#a1309b", "#88A", "#444"]
+# Where the models the bundled workflows name come from: the page reads a loader node's
+# properties.models ({name, url, directory}) and offers the download when the file is missing.
+MODEL_SOURCES = {
+    "v1-5-pruned-emaonly-fp16.safetensors": (
+        "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors",
+        "checkpoints"),
+    "control_v11f1e_sd15_tile_fp16.safetensors": (
+        "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/control_v11f1e_sd15_tile_fp16.safetensors",
+        "controlnet"),
+}
 
 
 def _inputs(schema: dict) -> list[tuple[str, str, dict]]:
@@ -119,6 +129,10 @@ def api_to_ui(prompt: dict, object_info: dict, title: str = "", description: str
                         for k, (otype, oname) in enumerate(zip(schema.get("output", []), schema.get("output_name", schema.get("output", []))))],
             "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets,
         }
+        models = [{"name": v, "url": MODEL_SOURCES[v][0], "directory": MODEL_SOURCES[v][1]}
+                  for v in node["inputs"].values() if isinstance(v, str) and v in MODEL_SOURCES]
+        if models:
+            ui["properties"]["models"] = models
         if node.get("_meta", {}).get("title") and node["_meta"]["title"] != schema.get("display_name"):
             ui["title"] = node["_meta"]["title"]
         ui_nodes[nid] = ui
