@@ -279,3 +279,47 @@ def test_every_workflow_has_a_thumbnail():
     assert API, "no bundled API workflows"
     missing = [n for n in API if not os.path.exists(os.path.join(paths.REPO, "workflows", f"{n}.jpg"))]
     assert not missing, f"no thumbnail for {missing}: run scripts/make_thumbnails.py"
+
+
+def test_template_browser_shows_every_workflow_with_its_picture(browser, server):
+    """The frontend's template browser (Templates > Extensions > the pack) lists exactly the bundled workflows,
+    each card showing its workflows/<name>.jpg."""
+    from PIL import Image
+
+    listed = server.get("/workflow_templates")
+    assert sorted(listed.get(paths.PACK_LINK_NAME, [])) == sorted(API), f"the server lists {listed}"
+    widths = {}
+    for name in API:
+        with Image.open(os.path.join(paths.REPO, "workflows", f"{name}.jpg")) as im:
+            widths[name] = im.width
+    page, comfy = open_comfy(browser, server)
+    try:
+        page.evaluate("(async () => { await app.extensionManager.command.execute('Comfy.BrowseTemplates'); })()")
+        page.wait_for("[...document.querySelectorAll('.p-dialog *')].some(e => e.children.length === 0 && "
+                      f"(e.innerText || '').trim() === {json.dumps(paths.PACK_LINK_NAME)})", 30,
+                      what="the pack's entry in the template browser")
+        page.evaluate(f"""(() => {{
+            const items = [...document.querySelectorAll('.p-dialog *')].filter(e => e.children.length === 0 &&
+                (e.innerText || '').trim() === {json.dumps(paths.PACK_LINK_NAME)});
+            items[items.length - 1].click();
+        }})()""")
+        names = json.dumps(sorted(API))
+        cards_js = f"""(() => {{
+            const names = {names}, out = {{}};
+            for (const img of document.querySelectorAll('.p-dialog img')) {{
+                let el = img;
+                const has = e => (e.innerText || '').split('\\n').map(s => s.trim()).filter(s => names.includes(s));
+                while (el && has(el).length === 0) el = el.parentElement;
+                if (el && has(el).length === 1 && img.complete) out[has(el)[0]] = img.naturalWidth;
+            }}
+            return out;
+        }})()"""
+        page.wait_for(f"Object.keys({cards_js}).length === {len(API)}", 30, what="a picture on every template card")
+        shown = page.evaluate(cards_js)
+        assert shown == widths, f"template cards and their pictures' widths {shown}, want {widths}"
+    finally:
+        try:
+            page.screenshot(os.path.join(SHOTS, "template_browser.png"))
+        except BrowserError:
+            pass
+        page.close()
