@@ -29,6 +29,17 @@ def test_project_and_comfy_metadata_complete():
     assert comfy["requires-comfyui"].startswith(">=")
 
 
+def test_readme_install_states_the_verified_range():
+    """README's Install section names the same ComfyUI range as pyproject's requires-comfyui."""
+    low, high = re.fullmatch(r">=([\d.]+),<=([\d.]+)", _pyproject()["tool"]["comfy"]["requires-comfyui"]).groups()
+    with open(os.path.join(paths.REPO, "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("## Install"):].split("\n## ", 1)[0]
+    assert f"{low} to {high}" in section, section[:400]
+    for way in ("ComfyUI-Manager", "comfy node install", "git clone", "requirements.txt"):
+        assert way in section, f"README Install lacks {way}"
+
+
 def test_runtime_dependencies_never_pin_torch():
     deps = _pyproject()["project"]["dependencies"]
     names = [re.match(r"[A-Za-z0-9_.-]+", d.strip()).group().lower() for d in deps]
