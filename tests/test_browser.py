@@ -283,7 +283,8 @@ def test_every_workflow_has_a_thumbnail():
 
 def test_template_browser_shows_every_workflow_with_its_picture(browser, server):
     """The frontend's template browser (Templates > Extensions > the pack) lists exactly the bundled workflows,
-    each card showing its workflows/<name>.jpg."""
+    each card showing its workflows/<name>.jpg. (The whole page is searched: frontend 1.32 draws the browser in a
+    PrimeVue dialog, 1.49 in its own modal.)"""
     from PIL import Image
 
     listed = server.get("/workflow_templates")
@@ -295,18 +296,18 @@ def test_template_browser_shows_every_workflow_with_its_picture(browser, server)
     page, comfy = open_comfy(browser, server)
     try:
         page.evaluate("(async () => { await app.extensionManager.command.execute('Comfy.BrowseTemplates'); })()")
-        page.wait_for("[...document.querySelectorAll('.p-dialog *')].some(e => e.children.length === 0 && "
+        page.wait_for("[...document.querySelectorAll('body *')].some(e => e.children.length === 0 && "
                       f"(e.innerText || '').trim() === {json.dumps(paths.PACK_LINK_NAME)})", 30,
                       what="the pack's entry in the template browser")
         page.evaluate(f"""(() => {{
-            const items = [...document.querySelectorAll('.p-dialog *')].filter(e => e.children.length === 0 &&
+            const items = [...document.querySelectorAll('body *')].filter(e => e.children.length === 0 &&
                 (e.innerText || '').trim() === {json.dumps(paths.PACK_LINK_NAME)});
             items[items.length - 1].click();
         }})()""")
         names = json.dumps(sorted(API))
         cards_js = f"""(() => {{
             const names = {names}, out = {{}};
-            for (const img of document.querySelectorAll('.p-dialog img')) {{
+            for (const img of document.querySelectorAll('img')) {{
                 let el = img;
                 const has = e => (e.innerText || '').split('\\n').map(s => s.trim()).filter(s => names.includes(s));
                 while (el && has(el).length === 0) el = el.parentElement;
