@@ -324,3 +324,32 @@ def test_template_browser_shows_every_workflow_with_its_picture(browser, server)
         except BrowserError:
             pass
         page.close()
+
+
+def test_page_offers_the_models_a_workflow_names(browser, server):
+    """Dropped as shipped onto a server without the real models, a workflow makes the page name the missing files
+    (from the loaders' properties.models) so the user can download them."""
+    name = "diffir2vr_restore"
+    workflow = json.load(open(os.path.join(UI_DIR, f"{name}.json")))
+    wanted = sorted({m["name"] for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])})
+    assert wanted, f"{name}: no loader carries model metadata"
+    page, comfy = open_comfy(browser, server)
+    try:
+        comfy.drop_workflow(workflow, f"{name}.json")
+        # Frontend 1.32 opens a "Missing Models" dialog; 1.49 shows an "errors found" toast whose "View details"
+        # opens a panel. Either way some element names each file beside a Download button (the node widgets,
+        # which newer frontends draw as DOM, carry no such button).
+        offered = f"""(() => {{
+            for (const b of document.querySelectorAll('button'))
+                if (/view details/i.test(b.innerText || '') && !b.dataset.trClicked) {{ b.dataset.trClicked = 1; b.click(); }}
+            return [...document.querySelectorAll('body *')].some(e =>
+                {json.dumps(wanted)}.every(m => (e.innerText || '').includes(m)) &&
+                [...e.querySelectorAll('button, a')].some(b => /download/i.test(b.innerText || b.title || '')));
+        }})()"""
+        page.wait_for(offered, 30, what=f"the page to offer the missing models {wanted} for download")
+    finally:
+        try:
+            page.screenshot(os.path.join(SHOTS, "missing_models.png"))
+        except BrowserError:
+            pass
+        page.close()
