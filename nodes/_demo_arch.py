@@ -139,9 +139,9 @@ def build_model(sd: dict):
     # which wants the weights assigned rather than copied; plain ModelPatcher on 0.3.75.
     patcher_cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
     patcher = patcher_cls(model, load_device=load_device, offload_device=mm.unet_offload_device())
-    if patcher.is_dynamic() if hasattr(patcher, "is_dynamic") else False:
+    if getattr(patcher, "is_dynamic", lambda: False)():
         model.load_model_weights(dict(sd), UNET_PREFIX, assign=True)
-    else:
+    else:  # 0.3.75's load_model_weights has no assign parameter
         model.load_model_weights(dict(sd), UNET_PREFIX)
     return patcher
 
