@@ -136,8 +136,15 @@ def build_model(sd: dict):
     manual_cast = mm.unet_manual_cast(unet_dtype, load_device, cfg.supported_inference_dtypes)
     cfg.set_inference_dtype(unet_dtype, manual_cast)
     model = cfg.get_model(sd, UNET_PREFIX, device=mm.unet_inital_load_device(params, unet_dtype))
-    model.load_model_weights(dict(sd), UNET_PREFIX)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    # The patcher class core's own loaders use: CoreModelPatcher (dynamic VRAM on NVIDIA) on ComfyUI 0.33+,
+    # which wants the weights assigned rather than copied; plain ModelPatcher on 0.3.75.
+    patcher_cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    patcher = patcher_cls(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    if getattr(patcher, "is_dynamic", lambda: False)():
+        model.load_model_weights(dict(sd), UNET_PREFIX, assign=True)
+    else:  # 0.3.75's load_model_weights has no assign parameter
+        model.load_model_weights(dict(sd), UNET_PREFIX)
+    return patcher
 
 
 def build_clip(sd: dict, embedding_directory=None):

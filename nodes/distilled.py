@@ -15,14 +15,17 @@ Noise for the re-noising steps, first match wins:
    ``_patching.frame_index``, as in every patch), else ``0..B-1``. So frames
    get the same step noise whichever window they are sampled in, as long as the caller publishes the
    indices there (TR_ILTChunker currently sets them per model call only, not for the sampler);
-4. otherwise one generator for the batch seeded with the sampling seed.
+4. otherwise the host's own batch noise sampler (``comfy.k_diffusion.sampling.default_noise_sampler``),
+   so the sampler draws exactly what stock ``lcm`` draws on that ComfyUI: since 0.33 core takes step
+   noise from ``seed + 1`` on the CPU (the initial noise uses ``seed``; the same stream twice correlated
+   them), 0.3.75 from ``seed``.
 """
 from __future__ import annotations
 
 import logging
 
+import comfy.k_diffusion.sampling as k_sampling
 import torch
-
 from comfy_api.latest import io
 
 from ..pipelines import distilled
@@ -48,6 +51,8 @@ def make_sampler_function(eta: float, s_noise: float, per_frame: bool):
                 noise_sampler = factory(x, seed, list(idx))
             elif per_frame:
                 noise_sampler = distilled.frame_noise_sampler(x, seed, idx)
+            else:
+                noise_sampler = k_sampling.default_noise_sampler(x, seed=seed)
         model_sampling = model.inner_model.inner_model.model_sampling
 
         def noise_scaling(sigma, noise, x0):

@@ -1,4 +1,7 @@
-"""Thumbnails of the bundled UI workflows, as the web page draws them: workflows/thumbnails/<name>.png.
+"""Thumbnails of the bundled UI workflows, as the web page draws them: workflows/<name>.jpg.
+
+The frontend's template browser lists every JSON in the pack's workflows/ folder and shows
+/api/workflow_templates/<pack folder>/<name>.jpg beside it, so the picture sits next to its workflow.
 
 usage: .venv/bin/python scripts/make_thumbnails.py [NAME ...] [--width 480] [--out DIR]
 
@@ -15,6 +18,8 @@ import json
 import os
 import sys
 import time
+
+from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))  # the test harness only; this process never imports ComfyUI
@@ -56,7 +61,11 @@ def thumbnail(browser: Browser, url: str, name: str, dst: str, width: int, viewp
             raise BrowserError(f"{name}: a dialog covered the graph: {left[0][:200]}")
         # The whole 16:9 viewport, so every thumbnail has the same size (480x270 by default).
         clip = {"x": 0, "y": 0, "width": viewport[0], "height": viewport[1]}
-        page.screenshot(dst, width=width, clip=clip)
+        png = dst + ".png"
+        page.screenshot(png, width=width, clip=clip)
+        with Image.open(png) as im:  # the template browser asks for .jpg
+            im.convert("RGB").save(dst, "JPEG", quality=88)
+        os.remove(png)
         # Not the file's doing: registry look-ups blocked by the server's CSP, and the preview of the placeholder
         # clip name (input.mp4) that is not in this server's input folder.
         return [e for e in page.errors if "api.comfy.org" not in e and "/api/view?type=input" not in e]
@@ -68,7 +77,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("names", nargs="*", help="workflow names (default: every workflows/api/*.json)")
     ap.add_argument("--width", type=int, default=480, help="thumbnail width in pixels (default 480)")
-    ap.add_argument("--out", default=os.path.join(WORKFLOWS, "thumbnails"), help="output folder")
+    ap.add_argument("--out", default=WORKFLOWS, help="output folder")
     args = ap.parse_args()
     todo = args.names or names()
     absent = [n for n in todo if not os.path.exists(os.path.join(WORKFLOWS, f"{n}.json"))]
@@ -80,7 +89,7 @@ def main() -> int:
     try:
         with Browser() as browser:
             for name in todo:
-                dst = os.path.join(args.out, f"{name}.png")
+                dst = os.path.join(args.out, f"{name}.jpg")
                 errors = thumbnail(browser, server.url, name, dst, args.width)
                 print("wrote", os.path.relpath(dst, REPO))
                 for e in errors:

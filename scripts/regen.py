@@ -15,7 +15,7 @@ from tr_cli.client import Client, LocalServer  # noqa: E402
 
 
 def build(object_info: dict) -> dict[str, dict]:
-    catalog = json.load(open(os.path.join(REPO, "workflows", "catalog.json")))
+    catalog = json.load(open(os.path.join(REPO, "docs", "workflow_catalog.json")))
     out = {}
     for name, path in workflows.bundled().items():
         meta = catalog.get(name, {"title": name, "description": ""})

@@ -9,7 +9,7 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 venv="$root/.venv"
 host="$root/.host"
 comfy="$host/ComfyUI"
-stamp_src="$( (cat scripts/setup.sh requirements-dev.txt pyproject.toml 2>/dev/null || true) | sha1sum | cut -c1-12)"
+stamp_src="$( (cat scripts/setup.sh requirements-dev.txt requirements.txt pyproject.toml 2>/dev/null || true) | sha1sum | cut -c1-12)"
 stamp="$venv/.setup-$stamp_src"
 
 if [ -f "$stamp" ] && [ -f "$comfy/main.py" ]; then

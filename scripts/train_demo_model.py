@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMFY_DIR = os.path.join(REPO, ".host", "ComfyUI")
+COMFY_DIR = os.environ.get("TR_COMFY_DIR", os.path.join(REPO, ".host", "ComfyUI"))
 
 
 def setup():

@@ -21,7 +21,7 @@ import sys
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMFY = os.path.join(REPO, ".host", "ComfyUI")
+COMFY = os.environ.get("TR_COMFY_DIR", os.path.join(REPO, ".host", "ComfyUI"))
 
 
 def _pack():

@@ -127,10 +127,25 @@ def widget_slots(schema: dict) -> dict[str, int]:
     return slots
 
 
-def adapt(ui: dict, api: dict, object_info: dict, clip: str) -> tuple[dict, dict]:
-    """The UI and API workflows with the test clip as input and ``steps`` cut to TR_BROWSER_STEPS (2; empty keeps
-    the file's values), changed alike in both, as a user would set them before saving the workflow."""
+# loader title -> (input, key of the tiny model in the `tiny` fixture): what tr_cli's --checkpoint / --controlnet set
+MODEL_LOADERS = {"Checkpoint": ("ckpt_name", "checkpoint"), "ControlNet": ("control_net_name", "controlnet")}
+
+
+def adapt(ui: dict, api: dict, object_info: dict, clip: str, tiny: dict) -> tuple[dict, dict]:
+    """The UI and API workflows with the test clip as input, the tiny models in place of the real ones the files
+    name (and their download metadata dropped: the user picked a file they have) and ``steps`` cut to
+    TR_BROWSER_STEPS (2; empty keeps the file's values), changed alike in both, as a user would set them
+    before saving the workflow."""
     ui, api = copy.deepcopy(ui), copy.deepcopy(api)
+    for node in ui["nodes"]:
+        if node.get("title") in MODEL_LOADERS:
+            name, key = MODEL_LOADERS[node["title"]]
+            node["widgets_values"][widget_slots(object_info[node["type"]])[name]] = tiny[key]
+            node["properties"].pop("models", None)
+    for node in api.values():
+        if node.get("_meta", {}).get("title") in MODEL_LOADERS:
+            name, key = MODEL_LOADERS[node["_meta"]["title"]]
+            node["inputs"][name] = tiny[key]
     steps = os.environ.get("TR_BROWSER_STEPS", "2")
     loaders = [n for n in ui["nodes"] if n["type"] == "LoadVideo" and n.get("title") == INPUT_TITLE]
     assert len(loaders) == 1, f"expected one LoadVideo titled {INPUT_TITLE!r} in the UI file, found {len(loaders)}"
@@ -175,10 +190,10 @@ def test_chromium_sees_the_frontend(browser, server):
 
 
 @pytest.mark.parametrize("name", sorted(API))
-def test_workflow_in_browser(name, browser, server, clip_name, object_info):
+def test_workflow_in_browser(name, browser, server, clip_name, object_info, tiny):
     ui_path = os.path.join(UI_DIR, f"{name}.json")
     assert os.path.exists(ui_path), f"{ui_path} missing: run scripts/regen.py"
-    workflow, api = adapt(json.load(open(ui_path)), workflows.load(name), object_info, clip_name)
+    workflow, api = adapt(json.load(open(ui_path)), workflows.load(name), object_info, clip_name, tiny)
     want_types = sorted(n["type"] for n in workflow["nodes"])
 
     page, comfy = open_comfy(browser, server)
@@ -240,12 +255,12 @@ def test_workflow_in_browser(name, browser, server, clip_name, object_info):
 
 
 @pytest.mark.parametrize("name", sorted(API))
-def test_workflow_layout_readable(name, browser, server, clip_name, object_info):
+def test_workflow_layout_readable(name, browser, server, clip_name, object_info, tiny):
     """As a person sees the dropped file (with a clip chosen, so the video preview shows): no node drawn over
     another, every stage group's title visible, the note's whole text shown without scrolling."""
     ui_path = os.path.join(UI_DIR, f"{name}.json")
     assert os.path.exists(ui_path), f"{ui_path} missing: run scripts/regen.py"
-    workflow, _ = adapt(json.load(open(ui_path)), workflows.load(name), object_info, clip_name)
+    workflow, _ = adapt(json.load(open(ui_path)), workflows.load(name), object_info, clip_name, tiny)
     page, comfy = open_comfy(browser, server)
     try:
         comfy.drop_workflow(workflow, f"{name}.json")
@@ -259,7 +274,82 @@ def test_workflow_layout_readable(name, browser, server, clip_name, object_info)
 
 
 def test_every_workflow_has_a_thumbnail():
-    """workflows/thumbnails/<name>.png for each bundled workflow (made by scripts/make_thumbnails.py)."""
+    """workflows/<name>.jpg beside each bundled workflow (made by scripts/make_thumbnails.py): the template
+    browser shows /api/workflow_templates/<pack>/<name>.jpg for a custom node's template <name>.json."""
     assert API, "no bundled API workflows"
-    missing = [n for n in API if not os.path.exists(os.path.join(paths.REPO, "workflows", "thumbnails", f"{n}.png"))]
+    missing = [n for n in API if not os.path.exists(os.path.join(paths.REPO, "workflows", f"{n}.jpg"))]
     assert not missing, f"no thumbnail for {missing}: run scripts/make_thumbnails.py"
+
+
+def test_template_browser_shows_every_workflow_with_its_picture(browser, server):
+    """The frontend's template browser (Templates > Extensions > the pack) lists exactly the bundled workflows,
+    each card showing its workflows/<name>.jpg. (The whole page is searched: frontend 1.32 draws the browser in a
+    PrimeVue dialog, 1.49 in its own modal.)"""
+    from PIL import Image
+
+    listed = server.get("/workflow_templates")
+    assert sorted(listed.get(paths.PACK_LINK_NAME, [])) == sorted(API), f"the server lists {listed}"
+    widths = {}
+    for name in API:
+        with Image.open(os.path.join(paths.REPO, "workflows", f"{name}.jpg")) as im:
+            widths[name] = im.width
+    page, comfy = open_comfy(browser, server)
+    try:
+        page.evaluate("(async () => { await app.extensionManager.command.execute('Comfy.BrowseTemplates'); })()")
+        page.wait_for("[...document.querySelectorAll('body *')].some(e => e.children.length === 0 && "
+                      f"(e.innerText || '').trim() === {json.dumps(paths.PACK_LINK_NAME)})", 30,
+                      what="the pack's entry in the template browser")
+        page.evaluate(f"""(() => {{
+            const items = [...document.querySelectorAll('body *')].filter(e => e.children.length === 0 &&
+                (e.innerText || '').trim() === {json.dumps(paths.PACK_LINK_NAME)});
+            items[items.length - 1].click();
+        }})()""")
+        names = json.dumps(sorted(API))
+        cards_js = f"""(() => {{
+            const names = {names}, out = {{}};
+            for (const img of document.querySelectorAll('img')) {{
+                let el = img;
+                const has = e => (e.innerText || '').split('\\n').map(s => s.trim()).filter(s => names.includes(s));
+                while (el && has(el).length === 0) el = el.parentElement;
+                if (el && has(el).length === 1 && img.complete) out[has(el)[0]] = img.naturalWidth;
+            }}
+            return out;
+        }})()"""
+        page.wait_for(f"Object.keys({cards_js}).length === {len(API)}", 30, what="a picture on every template card")
+        shown = page.evaluate(cards_js)
+        assert shown == widths, f"template cards and their pictures' widths {shown}, want {widths}"
+    finally:
+        try:
+            page.screenshot(os.path.join(SHOTS, "template_browser.png"))
+        except BrowserError:
+            pass
+        page.close()
+
+
+def test_page_offers_the_models_a_workflow_names(browser, server):
+    """Dropped as shipped onto a server without the real models, a workflow makes the page name the missing files
+    (from the loaders' properties.models) so the user can download them."""
+    name = "diffir2vr_restore"
+    workflow = json.load(open(os.path.join(UI_DIR, f"{name}.json")))
+    wanted = sorted({m["name"] for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])})
+    assert wanted, f"{name}: no loader carries model metadata"
+    page, comfy = open_comfy(browser, server)
+    try:
+        comfy.drop_workflow(workflow, f"{name}.json")
+        # Frontend 1.32 opens a "Missing Models" dialog; 1.49 shows an "errors found" toast whose "View details"
+        # opens a panel. Either way some element names each file beside a Download button (the node widgets,
+        # which newer frontends draw as DOM, carry no such button).
+        offered = f"""(() => {{
+            for (const b of document.querySelectorAll('button'))
+                if (/view details/i.test(b.innerText || '') && !b.dataset.trClicked) {{ b.dataset.trClicked = 1; b.click(); }}
+            return [...document.querySelectorAll('body *')].some(e =>
+                {json.dumps(wanted)}.every(m => (e.innerText || '').includes(m)) &&
+                [...e.querySelectorAll('button, a')].some(b => /download/i.test(b.innerText || b.title || '')));
+        }})()"""
+        page.wait_for(offered, 30, what=f"the page to offer the missing models {wanted} for download")
+    finally:
+        try:
+            page.screenshot(os.path.join(SHOTS, "missing_models.png"))
+        except BrowserError:
+            pass
+        page.close()

@@ -83,8 +83,9 @@ def test_workflow_shape():
     share = next(k for k, n in prompt.items() if n["class_type"] == "TR_NoiseShare")
     wrap = next(k for k, n in prompt.items() if n["class_type"] == "TR_NoiseShareSampler")
     assert rr["noise"] == [share, 0] and rr["sampler"] == [wrap, 0]
-    assert _by_title(prompt, "Checkpoint")["inputs"]["ckpt_name"] == "tiny_sd15.safetensors"
-    assert _by_title(prompt, "ControlNet")["inputs"]["control_net_name"] == "tiny_controlnet.safetensors"
+    # the real files users download; runs substitute the tiny models (as tr_cli --checkpoint / --controlnet do)
+    assert _by_title(prompt, "Checkpoint")["inputs"]["ckpt_name"] == "v1-5-pruned-emaonly-fp16.safetensors"
+    assert _by_title(prompt, "ControlNet")["inputs"]["control_net_name"] == "control_v11f1e_sd15_tile_fp16.safetensors"
     _by_title(prompt, "Input video")
     _by_title(prompt, "Output video")
 

@@ -392,7 +392,7 @@ def test_node_uses_a_noise_input(comfy_host, tiny):
     assert (own[0] - own[1]).abs().max() > 1e-3
 
 
-def test_node_through_the_executor_reports_progress_per_frame(comfy_host, tiny):
+def test_node_through_the_executor_reports_progress_per_frame(comfy_host, tiny, monkeypatch):
     g = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
         "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a clean photo", "clip": ["ckpt", 1]}},
@@ -409,12 +409,16 @@ def test_node_through_the_executor_reports_progress_per_frame(comfy_host, tiny):
     }
     import comfy.utils
 
-    calls, old = [], comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, *a, **k: calls.append((value, total)))
-    try:  # the in-process harness installs no progress hook (the server does): watch ProgressBar directly
-        out = comfy_host.run(g, outputs=["rr"])
-    finally:
-        comfy.utils.set_progress_bar_global_hook(old)
+    # Watch what the node tells ProgressBar, not what reaches the hook: ComfyUI 0.33 throttles hook calls by time.
+    calls, update = [], comfy.utils.ProgressBar.update_absolute
+
+    def record(bar, value, total=None, preview=None):
+        update(bar, value, total, preview)
+        calls.append((bar.current, bar.total))
+
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", record)
+    out = comfy_host.run(g, outputs=["rr"])
+    monkeypatch.undo()
     lat, conf = out["outputs"]["rr"][0], out["outputs"]["rr"][1]
     assert lat["samples"].shape == (3, 4, 8, 8) and torch.isfinite(lat["samples"]).all()
     assert conf.shape == (3, 8, 8) and conf[0].abs().sum() == 0 and conf[1:].min() > 0.99  # static clip

@@ -145,7 +145,8 @@ def test_server_stream_sigkill_resume_equals_uninterrupted(server, tiny, tmp_pat
     make_clip(inp, frames=10)
     sets = ["--set", "ILT chunked sampling.steps=2", "--set", "ILT chunked sampling.window=4",
             "--set", "ILT chunked sampling.overlap=2"]
-    args = ["--server", server.url, "--segment", "5", "--context", "2", *sets]
+    args = ["--server", server.url, "--segment", "5", "--context", "2", *sets,
+            "--checkpoint", tiny["checkpoint"], "--controlnet", tiny["controlnet"]]  # the workflow names real files
     ref = str(tmp_path / "ref.mkv")
     res = subprocess.run(stream_cmd(inp, ref, *args), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

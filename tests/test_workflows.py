@@ -55,3 +55,23 @@ def test_readme_node_reference_is_current(object_info):
     block = node_reference.current(readme)
     assert block is not None, "README has no node reference: run scripts/regen.py"
     assert block == node_reference.render(object_info), "README node reference is stale: run scripts/regen.py"
+
+
+def test_workflows_folder_holds_only_workflows_and_their_pictures():
+    """The template browser lists every JSON in workflows/ as a workflow and looks for <name>.jpg beside it."""
+    entries = set(os.listdir(os.path.join(paths.REPO, "workflows")))
+    want = {f"{n}.json" for n in API} | {f"{n}.jpg" for n in API} | {"api"}
+    assert entries == want, f"unexpected {sorted(entries - want)}, missing {sorted(want - entries)}"
+
+
+@pytest.mark.parametrize("name", sorted(API))
+def test_model_loaders_name_real_files_with_download_metadata(name):
+    """Loaders name the files users download; the UI node carries {name, url, directory} for the page."""
+    ui = json.load(open(os.path.join(paths.REPO, "workflows", f"{name}.json")))
+    for node in ui["nodes"]:
+        names = [v for v in node.get("widgets_values", []) if isinstance(v, str) and v.endswith(".safetensors")]
+        for v in names:
+            assert v in ui_format.MODEL_SOURCES, f"{name}: {node['type']} names {v}, which has no known download"
+            url, directory = ui_format.MODEL_SOURCES[v]
+            assert {"name": v, "url": url, "directory": directory} in node["properties"].get("models", []), node
+            assert url.startswith("https://huggingface.co/") and url.endswith("/" + v)

@@ -12,6 +12,16 @@ COLUMN_W, ROW_GAP, NODE_W = 380, 40, 320
 UPLOAD_PREVIEW_H = 240  # LoadVideo/LoadImage preview drawn once a file is chosen
 NODE_TITLE_H = 30  # LiteGraph.NODE_TITLE_HEIGHT: a node's title bar is drawn above its pos
 STAGE_COLORS = ["#3f789e", "#8A8", "#b06634", "#a1309b", "#88A", "#444"]
+# Where the models the bundled workflows name come from: the page reads a loader node's
+# properties.models ({name, url, directory}) and offers the download when the file is missing.
+MODEL_SOURCES = {
+    "v1-5-pruned-emaonly-fp16.safetensors": (
+        "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors",
+        "checkpoints"),
+    "control_v11f1e_sd15_tile_fp16.safetensors": (
+        "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/control_v11f1e_sd15_tile_fp16.safetensors",
+        "controlnet"),
+}
 
 
 def _inputs(schema: dict) -> list[tuple[str, str, dict]]:
@@ -29,6 +39,15 @@ def _inputs(schema: dict) -> list[tuple[str, str, dict]]:
 
 def is_widget(typ: str, opts: dict) -> bool:
     return typ in PRIMITIVES and not opts.get("forceInput")
+
+
+def widget_default(typ: str, opts: dict):
+    """What the page puts in a widget the workflow has no value for (a widget added to the node after the
+    workflow was saved, e.g. core CreateVideo's bit_depth): the schema default, else a combo's first option."""
+    if "default" in opts:
+        return opts["default"]
+    options = opts.get("options")
+    return options[0] if typ == "COMBO" and options else None
 
 
 def _depths(prompt: dict) -> dict[str, int]:
@@ -110,6 +129,10 @@ def api_to_ui(prompt: dict, object_info: dict, title: str = "", description: str
                         for k, (otype, oname) in enumerate(zip(schema.get("output", []), schema.get("output_name", schema.get("output", []))))],
             "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets,
         }
+        models = [{"name": v, "url": MODEL_SOURCES[v][0], "directory": MODEL_SOURCES[v][1]}
+                  for v in node["inputs"].values() if isinstance(v, str) and v in MODEL_SOURCES]
+        if models:
+            ui["properties"]["models"] = models
         if node.get("_meta", {}).get("title") and node["_meta"]["title"] != schema.get("display_name"):
             ui["title"] = node["_meta"]["title"]
         ui_nodes[nid] = ui
@@ -164,7 +187,7 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
         for name, typ, opts in _inputs(schema):
             if is_widget(typ, opts):
-                value = values.pop(0) if values else None
+                value = values.pop(0) if values else widget_default(typ, opts)
                 if opts.get("control_after_generate") or (typ == "INT" and name in ("seed", "noise_seed")):
                     values.pop(0) if values else None
                 if opts.get("video_upload") or opts.get("image_upload"):
@@ -193,7 +216,7 @@ def normalise_api(prompt: dict, object_info: dict) -> dict:
                 v = node["inputs"][name]
                 inputs[name] = [ids[str(v[0])], v[1]] if isinstance(v, list) and len(v) == 2 and str(v[0]) in prompt else v
             elif is_widget(typ, opts):
-                inputs[name] = opts.get("default")
+                inputs[name] = widget_default(typ, opts)
         title = node.get("_meta", {}).get("title")
         entry = {"class_type": node["class_type"], "inputs": inputs}
         if title and title != schema.get("display_name"):

@@ -357,7 +357,9 @@ class Browser:
 
 
 # A user who has used the page before: no first-start template browser popping up over the graph.
-RETURNING_USER_SETTINGS = {"Comfy.TutorialCompleted": True}
+# Comfy.Workflow.Persist off: a page opened later in the same browser session must not restore the workflows an
+# earlier page had open (frontend 1.49 does; a file dropped again under the same name then opens as "name (2)").
+RETURNING_USER_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.Persist": False}
 
 
 def store_settings(server_url: str, settings: dict) -> None:

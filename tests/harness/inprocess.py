@@ -6,6 +6,7 @@ exactly as a user's install would load it.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import sys
 import uuid
@@ -51,8 +52,9 @@ class ComfyHost:
         self.nodes = nodes
         self.execution = execution
         self.server = _StubServer()
+        # "ram_inactive" is read by ComfyUI 0.33+ (RAM-pressure release); older hosts ignore the extra key
         self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC,
-                                                   cache_args={"lru": 0, "ram": 0})
+                                                   cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
         if paths.PACK_LINK_NAME not in nodes.LOADED_MODULE_DIRS:
             raise RuntimeError(f"the temporal_restore pack did not load from {base}/custom_nodes")
 
@@ -87,6 +89,8 @@ class ComfyHost:
         result = {"ui": self.executor.history_result.get("outputs", {}), "outputs": {}}
         for nid in outputs or []:
             cached = self.executor.caches.outputs.get(nid)
+            if inspect.isawaitable(cached):  # the cache's get() is a coroutine since ComfyUI 0.33
+                cached = asyncio.run(cached)
             # ComfyUI stores each output slot as a list (list-batched execution); unwrap the usual single item
             result["outputs"][nid] = None if cached is None else tuple(
                 o[0] if isinstance(o, list) and len(o) == 1 else o for o in cached.outputs)

@@ -1,0 +1,40 @@
+"""Every bundled API workflow, as shipped (real model names), runs through a real server with the runner
+substituting the tiny models (`tr_cli run --checkpoint --controlnet`), as a user with other files would."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness import paths
+from harness.fixtures import SAMPLE_CLIP
+from test_browser import make_clip
+from tr_cli import workflows
+
+API = workflows.bundled()
+
+
+@pytest.mark.parametrize("name", sorted(API))
+def test_bundled_workflow_runs_with_tiny_models_substituted(name, server, tiny, tmp_path):
+    import av
+
+    prompt = workflows.load(name)
+    for node in prompt.values():  # 2 steps, as in the browser test: the CPU budget, not the file's doing
+        if isinstance(node["inputs"].get("steps"), int):
+            node["inputs"]["steps"] = 2
+    wf = tmp_path / f"{name}.json"
+    wf.write_text(json.dumps(prompt))
+    clip = make_clip(str(tmp_path / "clip.mp4"), SAMPLE_CLIP, frames=4)
+    args = ["run", clip, "-w", str(wf), "--server", server.url, "-o", str(tmp_path / "out.mp4"), "--quiet"]
+    if workflows.find(prompt, "Checkpoint"):
+        args += ["--checkpoint", tiny["checkpoint"]]
+    if workflows.find(prompt, "ControlNet"):
+        args += ["--controlnet", tiny["controlnet"]]
+    p = subprocess.run([sys.executable, "-m", "tr_cli", *args], cwd=paths.REPO, capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, f"{name}: {p.stderr[-3000:]}"
+    with av.open(str(tmp_path / "out.mp4")) as f:
+        assert sum(1 for _ in f.decode(video=0)) == 4
