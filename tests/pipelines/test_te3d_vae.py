@@ -11,7 +11,7 @@ import torch
 
 from temporal_restore.pipelines import te3d_vae
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness.paths import REPO
 
 
 @pytest.fixture

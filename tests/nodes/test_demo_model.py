@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness.paths import REPO
 DEMO_DIR = os.path.join(REPO, "models", "demo")
 
 

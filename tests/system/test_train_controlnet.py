@@ -8,7 +8,7 @@ import os
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness.paths import REPO
 
 
 def _script():

@@ -18,6 +18,8 @@ import torch
 from harness import paths
 from harness.server import ServerError
 
+pytestmark = pytest.mark.server
+
 _healthy_seed = itertools.count(1000)
 
 
