@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from harness.paths import REPO
+
+pytestmark = pytest.mark.slow
 SCRIPT = os.path.join(REPO, "scripts", "evaluate.py")
 ROWS = ("input (degraded)", "per-frame", "+DDIM inversion", "+SW-CFA", "TDM full", "TDM w/o task prompt",
         "TDM wrong task prompt", "ZVRD: +SLR attention", "ZVRD: +TC guidance", "ZVRD: +NoiseShare",
