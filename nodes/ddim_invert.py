@@ -184,7 +184,7 @@ class DDIMInvert(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_DDIMInvert",
-            display_name="DDIMInvert (Temporal Restore)",
+            display_name="DDIM Invert (Temporal Restore)",
             category="temporal_restore/sampling",
             description="Deterministic DDIM inversion (TDM Eq. 4): turns the clean video latents into the noise "
                         "latents they come from, for TR_DDIMRestore. Records the schedule in the latent.",
@@ -220,7 +220,7 @@ class DDIMRestore(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_DDIMRestore",
-            display_name="DDIMRestore (Temporal Restore)",
+            display_name="DDIM Restore (Temporal Restore)",
             category="temporal_restore/sampling",
             description="Deterministic DDIM sampling from a TR_DDIMInvert latent; the start sigma is taken from the "
                         "inversion record so the schedule always matches.",

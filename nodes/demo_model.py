@@ -22,7 +22,7 @@ class DemoModelLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_DemoModelLoader",
-            display_name="DemoModelLoader (Temporal Restore)",
+            display_name="Load Demo Model (Temporal Restore)",
             category="temporal_restore/loaders",
             description="Loads the pack's embedded demo restorer (small SD1.5-architecture UNet, CLIP with the SD1 "
                         "tokenizer, TAESD-shaped VAE and a task-prompt ControlNet) from models/demo/. It was trained on clips "

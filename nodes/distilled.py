@@ -79,7 +79,7 @@ class DistilledSigmas(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_DistilledSigmas",
-            display_name="DistilledSigmas (Temporal Restore)",
+            display_name="Distilled Sigmas (Temporal Restore)",
             category="temporal_restore/sampling",
             description="Few-step schedules of distilled models: trailing (Turbo/Hyper/TCD), LCM skipping "
                         "schedule, SD-Turbo stride-100.",
@@ -111,7 +111,7 @@ class DistilledSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_DistilledSampler",
-            display_name="DistilledSampler (Temporal Restore)",
+            display_name="Distilled Sampler (Temporal Restore)",
             category="temporal_restore/sampling",
             description="Consistency-style few-step sampler (x0 predicted, re-noised to the next sigma) for "
                         "LCM / Turbo / Hyper-style models; eta 0 is deterministic DDIM.",

@@ -38,7 +38,7 @@ class EarlyStop(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_EarlyStop",
-            display_name="EarlyStop (Temporal Restore)",
+            display_name="Early Stop (Temporal Restore)",
             category="temporal_restore/sampling",
             description="ZVRD early stopping: wraps a sampler so sampling stops at T_ES and the x0 estimate of "
                         "that step is the result (less late high-frequency flicker and noise).",
@@ -60,7 +60,7 @@ class EarlyStopSigmas(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_EarlyStopSigmas",
-            display_name="EarlyStopSigmas (Temporal Restore)",
+            display_name="Early Stop Sigmas (Temporal Restore)",
             category="temporal_restore/sampling",
             description="ZVRD early stopping on a schedule: keeps the steps up to T_ES and ends with a final "
                         "denoise to 0, so the sampler returns the x0 estimate of the T_ES step.",

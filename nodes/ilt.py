@@ -55,7 +55,7 @@ class ILTChunker(io.ComfyNode):
         samplers, schedulers = _sampler_names()
         return io.Schema(
             node_id="TR_ILTChunker",
-            display_name="ILT Chunker (Temporal Restore)",
+            display_name="Interweaved Latent Transition Chunker (Temporal Restore)",
             category="temporal_restore/sampling",
             description="Samples a clip of any length in overlapping windows, blended with ILT (DiffVSR Eq. 4) "
                         "and rescheduled noise (mode post is the paper's; fused and sequential are extensions).",

@@ -76,7 +76,7 @@ class Degrade(io.ComfyNode):
                             for t in TASK_OPTIONS)
         return io.Schema(
             node_id="TR_Degrade",
-            display_name="Degrade (Temporal Restore)",
+            display_name="Degrade Clip (Temporal Restore)",
             category="temporal_restore/measure",
             description="Seeded synthetic degradation of a clip (noise, blur, downscale, JPEG, video codec, rain, "
                         "haze, low light) to measure a restorer against the clean original.",

@@ -56,7 +56,7 @@ class NoiseShare(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_NoiseShare",
-            display_name="NoiseShare (Temporal Restore)",
+            display_name="Noise Share (Temporal Restore)",
             category="temporal_restore/sampling",
             description="ZVRD spatial-temporal noise sharing: the same noise for every frame, blended along the "
                         "optical flow in moving areas (Eq. 11). Use as the noise of SamplerCustomAdvanced, and "
@@ -90,7 +90,7 @@ class NoiseShareSamplerNode(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_NoiseShareSampler",
-            display_name="NoiseShareSampler (Temporal Restore)",
+            display_name="Noise Share Sampler (Temporal Restore)",
             category="temporal_restore/sampling",
             description="Wraps a sampler so the fresh noise of each ancestral/SDE step is shared across frames "
                         "and blended along the flow (ZVRD Eq. 11), with the settings of a TR_NoiseShare.",

@@ -130,7 +130,7 @@ class RecurrentRestore(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_RecurrentRestore",
-            display_name="RecurrentRestore (Temporal Restore)",
+            display_name="Recurrent Restore (Temporal Restore)",
             category="temporal_restore/sampling",
             description="Restores frames in order; the previous restored frame, warped by optical flow and masked "
                         "by a forward-backward + photometric confidence, conditions the next (init latent and/or "

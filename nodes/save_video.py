@@ -32,7 +32,7 @@ class SaveVideoAtomic(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_SaveVideo",
-            display_name="Save Video, atomic (Temporal Restore)",
+            display_name="Save Video Atomically (Temporal Restore)",
             category="temporal_restore/io",
             description="Saves a video to the output folder; the file appears under its final name only when complete.",
             inputs=[

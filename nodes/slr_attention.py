@@ -125,7 +125,7 @@ class SLRAttention(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_SLRAttention",
-            display_name="SLRAttention (Temporal Restore)",
+            display_name="Short-Long-Range Temporal Attention (Temporal Restore)",
             category="temporal_restore/attention",
             description="ZVRD SLR temporal attention: decoder self-attention looks at the previous and next "
                         "frames (cross-neighbour-frame attention), and late in sampling follows each token's "

@@ -123,7 +123,7 @@ class SWCFAPatch(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_SWCFAPatch",
-            display_name="SWCFAPatch (Temporal Restore)",
+            display_name="Sliding-Window Cross-Frame Attention (Temporal Restore)",
             category="temporal_restore/attention",
             description="Sliding-window cross-frame attention (TDM): each frame's self-attention uses keys and "
                         "values averaged over its neighbouring frames, so restored frames stay consistent.",

@@ -139,7 +139,7 @@ class TaskPromptControlNet(io.ComfyNode):
 
         return io.Schema(
             node_id="TR_TaskPromptControlNet",
-            display_name="TaskPromptControlNet (Temporal Restore)",
+            display_name="Task-Prompt ControlNet (Temporal Restore)",
             category="temporal_restore/conditioning",
             description="TDM task-prompt-guided ControlNet: loads the restoration ControlNet, encodes the task "
                         "prompt and applies the ControlNet with the degraded frames as per-frame hints.",

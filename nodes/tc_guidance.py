@@ -130,7 +130,7 @@ class TCGuidance(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_TCGuidance",
-            display_name="TCGuidance (Temporal Restore)",
+            display_name="Temporal Consistency Guidance (Temporal Restore)",
             category="temporal_restore/guidance",
             description="ZVRD temporal consistency guidance: during sampling the x0 estimate is pushed towards "
                         "agreeing with its flow-warped previous frame (and, with a CLIP vision model, towards "

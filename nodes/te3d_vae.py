@@ -104,7 +104,7 @@ class TE3DVAEDecode(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="TR_TE3DVAEDecode",
-            display_name="TE3D VAE Decode (Temporal Restore)",
+            display_name="Temporal-Enhanced VAE Decode (Temporal Restore)",
             category="temporal_restore/vae",
             description="Temporal-enhanced VAE decoding (DiffVSR §3.3) in overlapping temporal chunks.",
             inputs=[

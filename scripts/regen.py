@@ -1,5 +1,5 @@
 """Regenerate what is derived from the node schemas: the UI-format (drag and drop) workflows from
-workflows/api/*.json, and the node reference in README.md.
+workflows/api/*.json, and the node reference in docs/nodes.md.
 
 usage: .venv/bin/python scripts/regen.py   (starts a local ComfyUI to read /object_info)
 """
@@ -35,11 +35,11 @@ def main() -> int:
             json.dump(wf, f, indent=1)
             f.write("\n")
         print("wrote", dst)
-    readme = os.path.join(REPO, "README.md")
-    text = open(readme).read()
-    with open(readme, "w") as f:
+    ref = os.path.join(REPO, "docs", "nodes.md")
+    text = open(ref).read() if os.path.exists(ref) else node_reference.HEADER
+    with open(ref, "w") as f:
         f.write(node_reference.splice(text, node_reference.render(info)))
-    print("updated node reference in", readme)
+    print("updated node reference in", ref)
     return 0
 
 

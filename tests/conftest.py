@@ -54,3 +54,11 @@ comfy_host = _fixtures.comfy_host
 tiny = _fixtures.tiny
 server = _fixtures.server
 sample_clip = _fixtures.sample_clip
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses the real server (directly or through another fixture) is marked ``server``,
+    so the fast tier (``-m "not server and not browser and not slow"``) never starts one."""
+    for item in items:
+        if "server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)

@@ -1,4 +1,4 @@
-"""Bundled workflows: UI and API files agree, the README node reference matches the schemas."""
+"""Bundled workflows: UI and API files agree, the node reference (docs/nodes.md) matches the schemas."""
 import json
 import os
 
@@ -6,6 +6,8 @@ import pytest
 
 from harness import paths
 from tr_cli import node_reference, ui_format, workflows
+
+pytestmark = pytest.mark.server
 
 API = workflows.bundled()
 
@@ -50,11 +52,11 @@ def test_ui_widget_values_match_schemas(name, object_info):
                 assert opts.get("min", v) <= v <= opts.get("max", v), f"{name}: {node['class_type']}.{iname}={v} out of range"
 
 
-def test_readme_node_reference_is_current(object_info):
-    readme = open(os.path.join(paths.REPO, "README.md")).read()
-    block = node_reference.current(readme)
-    assert block is not None, "README has no node reference: run scripts/regen.py"
-    assert block == node_reference.render(object_info), "README node reference is stale: run scripts/regen.py"
+def test_node_reference_is_current(object_info):
+    reference = open(os.path.join(paths.REPO, "docs", "nodes.md")).read()
+    block = node_reference.current(reference)
+    assert block is not None, "docs/nodes.md has no node reference: run scripts/regen.py"
+    assert block == node_reference.render(object_info), "docs/nodes.md node reference is stale: run scripts/regen.py"
 
 
 def test_workflows_folder_holds_only_workflows_and_their_pictures():

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness.paths import REPO
 DEMO_DIR = os.path.join(REPO, "models", "demo")
 
 
@@ -142,18 +142,21 @@ def figures(demo, heldout):
     return res
 
 
+@pytest.mark.slow
 def test_denoise_gains_4db_on_heldout_clip(figures):
     """Issue 9 target: sigma-25 denoising gains at least 4 dB PSNR over the noisy input (held-out clip)."""
     f = figures["denoise"]
     assert f["restored"] >= f["input"] + 4.0, f
 
 
+@pytest.mark.slow
 def test_sr_beats_bicubic_on_heldout_clip(figures):
     """Issue 9 target: x4 super-resolution beats the bicubic upscaling it starts from, in PSNR."""
     f = figures["sr_x4"]
     assert f["restored"] > f["input"], f
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task,margin", [("denoise", 0.05), ("sr_x4", 0.1)])
 def test_wrong_task_prompt_hurts(figures, task, margin):
     """Issue 9 target (TDM Table 4): another task's prompt restores measurably worse than the right one (by
@@ -162,6 +165,7 @@ def test_wrong_task_prompt_hurts(figures, task, margin):
     assert f["restored"] > f["wrong_prompt"] + margin, f
 
 
+@pytest.mark.slow
 def test_print_figures(figures, capsys):
     with capsys.disabled():
         print("\ndemo figures (PSNR dB, held-out astronaut clip 4x64x64):", figures)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness.paths import REPO
 WORKFLOW = os.path.join(REPO, "workflows", "api", "tdm_restore.json")
 
 FRAMES, LAT = 4, 8  # 4 frames of 64x64 pixels -> 8x8 latents

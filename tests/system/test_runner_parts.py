@@ -15,6 +15,8 @@ import torch
 from harness import paths
 from media_clips import make_clip, read
 
+pytestmark = pytest.mark.server
+
 REPO = paths.REPO
 
 

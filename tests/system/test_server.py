@@ -1,6 +1,9 @@
 """The pack inside a real headless ComfyUI server on 127.0.0.1."""
 import json
 import os
+import pytest
+
+pytestmark = pytest.mark.server
 
 
 def test_object_info_lists_every_pack_node(server, comfy_host):

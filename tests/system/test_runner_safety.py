@@ -22,6 +22,8 @@ import pytest
 from harness import paths
 from media_clips import make_clip, read
 
+pytestmark = pytest.mark.server
+
 REPO = paths.REPO
 
 

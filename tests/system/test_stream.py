@@ -14,6 +14,8 @@ import pytest
 
 from harness import paths
 
+pytestmark = pytest.mark.server
+
 REPO = paths.REPO
 
 

@@ -16,25 +16,15 @@ import safetensors.torch
 import torch
 
 from harness import paths
+from harness.prompt import Graph, out
 from harness.server import ServerError
+
+pytestmark = pytest.mark.server
 
 _healthy_seed = itertools.count(1000)
 
 
-# -- graph building ----------------------------------------------------------------------------------------
-class Graph(dict):
-    """API-format prompt with auto-numbered nodes: ``g.add("Class", input=...)`` returns the node id."""
-
-    def add(self, class_type: str, **inputs) -> str:
-        nid = str(len(self) + 1)
-        self[nid] = {"class_type": class_type, "inputs": inputs}
-        return nid
-
-
-def out(nid: str, i: int = 0) -> list:
-    return [nid, i]
-
-
+# -- graph building (Graph, out: tests/harness/prompt.py) ----------------------------------------------------
 def model_and_prompts(g: Graph, tiny) -> tuple[str, str, str]:
     ck = g.add("CheckpointLoaderSimple", ckpt_name=tiny["checkpoint"])
     pos = g.add("CLIPTextEncode", text="remove the noise", clip=out(ck, 1))

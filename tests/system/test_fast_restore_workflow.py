@@ -6,7 +6,10 @@ import os
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness.paths import REPO
+import pytest
+
+pytestmark = pytest.mark.server
 WORKFLOW = os.path.join(REPO, "workflows", "api", "fast_restore.json")
 SAMPLE = os.path.join(REPO, "samples", "sample_clip.mp4")
 

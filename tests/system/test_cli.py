@@ -9,6 +9,8 @@ import pytest
 from harness import paths
 from harness.server import free_port
 
+pytestmark = pytest.mark.server
+
 
 def cli(*args, timeout=600):
     p = subprocess.run([sys.executable, "-m", "tr_cli", *args], cwd=paths.REPO, capture_output=True, text=True, timeout=timeout)

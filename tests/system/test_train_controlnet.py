@@ -6,9 +6,12 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness.paths import REPO
+
+pytestmark = pytest.mark.slow
 
 
 def _script():

@@ -18,6 +18,8 @@ from tr_cli import ui_format, workflows
 API = workflows.bundled()
 LINT = os.path.join(os.path.dirname(sys.executable), "comfy-lint")
 
+pytestmark = pytest.mark.server  # its own server (real model names)
+
 
 @pytest.fixture(scope="module")
 def user_server(tiny):

@@ -12,6 +12,8 @@ import safetensors.torch
 
 from harness import paths
 
+pytestmark = pytest.mark.server
+
 
 def _graph(tiny, seed=1, steps=3, frames=4, size=32, prefix="soak/latent", swcfa=True):
     model = ["1", 0]

@@ -8,6 +8,8 @@ import pytest
 
 from harness import paths
 
+pytestmark = pytest.mark.server
+
 
 def test_launch_reports_an_early_exit_and_a_timeout(tmp_path):
     from tr_cli import launch

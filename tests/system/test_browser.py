@@ -33,6 +33,8 @@ from harness import paths
 from harness.browser import RETURNING_USER_SETTINGS, Browser, BrowserError, ComfyPage, store_settings
 from tr_cli import ui_format, workflows
 
+pytestmark = [pytest.mark.server, pytest.mark.browser]
+
 API = workflows.bundled()
 SHOTS = os.path.join(paths.ARTIFACTS, "browser")
 # The UI files under test; TR_UI_WORKFLOWS points elsewhere to try freshly generated ones before committing them.

@@ -11,7 +11,7 @@ import torch
 
 from temporal_restore.pipelines import te3d_vae
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness.paths import REPO
 
 
 @pytest.fixture
@@ -106,6 +106,7 @@ def test_weights_roundtrip_and_mismatch(taesd_decoder, tmp_path):
         te3d_vae.load_temporal_state_dict(te2, sd, source="temporal_weights")
 
 
+@pytest.mark.slow
 def test_train_script_few_steps(tiny, tmp_path):
     out = str(tmp_path / "te3d.safetensors")
     cmd = [sys.executable, os.path.join(REPO, "scripts", "train_te3d.py"), "--checkpoint", tiny["checkpoint_path"],

@@ -182,7 +182,7 @@ def test_diffir2vr_workflow_runs_end_to_end_over_http(server, tiny):
 
     import av
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     prompt = json.load(open(os.path.join(repo, "workflows", "api", "diffir2vr_restore.json")))
     by_title = {n["_meta"]["title"]: n for n in prompt.values()}
     clip = "tr_diffir2vr_test_clip.mp4"

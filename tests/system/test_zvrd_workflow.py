@@ -7,7 +7,10 @@ import shutil
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness.paths import REPO
+import pytest
+
+pytestmark = pytest.mark.server
 WORKFLOW = os.path.join(REPO, "workflows", "api", "zvrd_restore.json")
 
 

@@ -20,10 +20,13 @@ import subprocess
 import sys
 import venv
 
+import pytest
 from packaging.requirements import Requirement
 
 from harness import paths
 from harness.server import ComfyServer
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]  # its own server and a pip install
 
 PACK_FOLDER = "comfyui-temporal-restore"  # the folder name a git clone / Manager install gives it
 NOT_COPIED = {".git", ".venv", ".host", "test-artifacts", "__pycache__", ".pytest_cache", ".hypothesis", "out"}
@@ -111,15 +114,14 @@ def test_fresh_install_with_requirements_txt_lists_every_node(monkeypatch):
     with open(os.path.join(site, "comfyui_needs.pth"), "w") as f:
         f.write(os.path.join(root, "comfyui-needs") + "\n")
 
-    # nothing but the environment pip gets from PyPI: no config file, no PIP_* variables, no local wheels
+    # nothing but pip's default index (PyPI): no config file, no PIP_* variables, no local wheels
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env.update(PIP_CONFIG_FILE=os.devnull, PYTHONNOUSERSITE="1")
     before = _run([py, "-c", "import torch, cv2"], env, 120)
     assert before.returncode != 0 and "cv2" in before.stderr, "the fresh venv already has OpenCV: it proves nothing"
 
     req = os.path.join(base, "custom_nodes", PACK_FOLDER, "requirements.txt")
-    pip = _run([py, "-m", "pip", "install", "--isolated", "--disable-pip-version-check", "--index-url",
-                "https://pypi.org/simple", "-r", req], env, PIP_TIMEOUT)
+    pip = _run([py, "-m", "pip", "install", "--isolated", "--disable-pip-version-check", "-r", req], env, PIP_TIMEOUT)
     assert pip.returncode == 0, f"pip install -r requirements.txt failed:\n{pip.stdout[-3000:]}\n{pip.stderr[-3000:]}"
     after = _run([py, "-c", "import cv2, skimage.data; skimage.data.astronaut(); print(cv2.__file__)"], env, 120)
     assert after.returncode == 0 and after.stdout.strip().startswith(site), after.stdout + after.stderr

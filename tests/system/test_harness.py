@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+pytestmark = pytest.mark.server
+
 
 def _txt2img(tiny, batch=4, size=64, steps=4, seed=1):
     return {

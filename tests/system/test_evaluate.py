@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness.paths import REPO
+
+pytestmark = pytest.mark.slow
 SCRIPT = os.path.join(REPO, "scripts", "evaluate.py")
 ROWS = ("input (degraded)", "per-frame", "+DDIM inversion", "+SW-CFA", "TDM full", "TDM w/o task prompt",
         "TDM wrong task prompt", "ZVRD: +SLR attention", "ZVRD: +TC guidance", "ZVRD: +NoiseShare",
