@@ -76,3 +76,31 @@ def read(path: str) -> dict:
         else:
             out["audio_codec"], out["channels"], out["rms"] = None, 0, 0.0
     return out
+
+
+def excerpt_clip(path: str, source: str | None = None, frames: int = 4, width: int = 64, height: int = 48, fps: int = 8) -> str:
+    """A short small H.264 clip (PyAV): the first ``frames`` frames of ``source`` scaled to width x height, or a
+    moving gradient when there is no source. The browser test checks the page, not the restoration, so it runs
+    every workflow on a few small frames (the full clip takes minutes per workflow on two CPU cores)."""
+    import av
+
+    images = []
+    if source:
+        with av.open(source) as inp:
+            for frame in inp.decode(video=0):
+                images.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
+                if len(images) == frames:
+                    break
+    else:
+        yy, xx = np.mgrid[0:height, 0:width]
+        for i in range(frames):
+            images.append(np.stack([(xx * 4 + i * 8) % 256, (yy * 4) % 256, ((xx + yy) * 2 + i * 16) % 256], -1).astype(np.uint8))
+    with av.open(path, "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for img in images:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

@@ -30,6 +30,7 @@ import pytest
 import requests
 
 from harness import paths
+from media_clips import excerpt_clip
 from harness.browser import RETURNING_USER_SETTINGS, Browser, BrowserError, ComfyPage, store_settings
 from tr_cli import ui_format, workflows
 
@@ -54,35 +55,6 @@ def page_errors(page) -> list[str]:
     return [e for e in page.errors if not any(p.search(e) for p in IGNORED_ERRORS)]
 
 
-def make_clip(path: str, source: str | None = None, frames: int = 4, width: int = 64, height: int = 48, fps: int = 8) -> str:
-    """A short small H.264 clip (PyAV): the first ``frames`` frames of ``source`` scaled to width x height, or a
-    moving gradient when there is no source. The browser test checks the page, not the restoration, so it runs
-    every workflow on a few small frames (the full clip takes minutes per workflow on two CPU cores)."""
-    import av
-    import numpy as np
-
-    images = []
-    if source:
-        with av.open(source) as inp:
-            for frame in inp.decode(video=0):
-                images.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
-                if len(images) == frames:
-                    break
-    else:
-        yy, xx = np.mgrid[0:height, 0:width]
-        for i in range(frames):
-            images.append(np.stack([(xx * 4 + i * 8) % 256, (yy * 4) % 256, ((xx + yy) * 2 + i * 16) % 256], -1).astype(np.uint8))
-    with av.open(path, "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for img in images:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
-
-
 @pytest.fixture(scope="module")
 def clip_name(server, tmp_path_factory):
     """Name of the test clip in the server's input folder (what LoadVideo's combo shows)."""
@@ -90,7 +62,7 @@ def clip_name(server, tmp_path_factory):
 
     frames = int(os.environ.get("TR_BROWSER_FRAMES", "4"))
     source = SAMPLE_CLIP if os.path.exists(SAMPLE_CLIP) else None
-    src = make_clip(str(tmp_path_factory.mktemp("clip") / "tr_browser_clip.mp4"), source, frames)
+    src = excerpt_clip(str(tmp_path_factory.mktemp("clip") / "tr_browser_clip.mp4"), source, frames)
     name = os.path.basename(src)
     with open(src, "rb") as f:
         r = requests.post(server.url + "/upload/image", files={"image": (name, f, "video/mp4")},

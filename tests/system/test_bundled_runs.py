@@ -11,7 +11,7 @@ import pytest
 
 from harness import paths
 from harness.fixtures import SAMPLE_CLIP
-from test_browser import make_clip
+from media_clips import excerpt_clip
 from tr_cli import workflows
 
 API = workflows.bundled()
@@ -27,7 +27,7 @@ def test_bundled_workflow_runs_with_tiny_models_substituted(name, server, tiny, 
             node["inputs"]["steps"] = 2
     wf = tmp_path / f"{name}.json"
     wf.write_text(json.dumps(prompt))
-    clip = make_clip(str(tmp_path / "clip.mp4"), SAMPLE_CLIP, frames=4)
+    clip = excerpt_clip(str(tmp_path / "clip.mp4"), SAMPLE_CLIP, frames=4)
     args = ["run", clip, "-w", str(wf), "--server", server.url, "-o", str(tmp_path / "out.mp4"), "--quiet"]
     if workflows.find(prompt, "Checkpoint"):
         args += ["--checkpoint", tiny["checkpoint"]]
