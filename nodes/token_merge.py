@@ -18,7 +18,7 @@ from ._patching import (Shared, chunk_layout, clone_with_options, frame_index, i
 from ._checks import check_flow
 from ._types import FLOW
 from ._flow_window import flow_window
-from .latent_warp import keyframe_plan_inputs
+from ._keyframe_inputs import keyframe_plan_inputs
 
 log = logging.getLogger("temporal_restore")
 
