@@ -153,7 +153,7 @@ def _server_files(server):
     return {f for f in found if os.path.isfile(f)}
 
 
-def test_stream_deletes_its_segments_and_frames_on_the_server(server, tmp_path):
+def test_stream_deletes_its_segments_and_frames_on_the_server(server, tiny, tmp_path):
     """Before: every uploaded segment and returned frame stayed (50 MB after three short runs)."""
     src = str(tmp_path / "in.mkv")
     make_clip(src, 32, 32, 8)
@@ -161,7 +161,8 @@ def test_stream_deletes_its_segments_and_frames_on_the_server(server, tmp_path):
     sets = ["--set", "ILT chunked sampling.steps=1", "--set", "ILT chunked sampling.window=4",
             "--set", "ILT chunked sampling.overlap=2"]
     p = subprocess.run([sys.executable, "-m", "tr_cli", "stream", src, "-o", str(tmp_path / "o.mkv"), "--server",
-                        server.url, "--segment", "5", "--context", "2", "--quiet", *sets],
+                        server.url, "--segment", "5", "--context", "2", "--quiet", *sets,
+                        "--checkpoint", tiny["checkpoint"], "--controlnet", tiny["controlnet"]],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert read(str(tmp_path / "o.mkv"))["frames"].shape == (8, 32, 32, 3)
