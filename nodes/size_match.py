@@ -23,14 +23,19 @@ class MatchSize(io.ComfyNode):
                                tooltip="area: pixel averaging (best to shrink; equals ImageScaleBy area x0.5 at an exact "
                                        "half); bicubic / bilinear: resize (antialiased when shrinking); crop_or_pad: centre "
                                        "crop or edge-replicate, no resampling (for sizes a few pixels off)."),
+                io.Boolean.Input("to_8bit", default=False, optional=True,
+                                 tooltip="Snap the output to the centres of the 8-bit levels, so an 8-bit save that "
+                                         "truncates (SaveImage) stores the nearest level, not the one below (what "
+                                         "the headless runner uses for its lossless frame save)."),
             ],
             outputs=[io.Image.Output(display_name="images")],
         )
 
     @classmethod
-    def execute(cls, images, reference, method) -> io.NodeOutput:
+    def execute(cls, images, reference, method, to_8bit=False, **kwargs) -> io.NodeOutput:
         ref = check_frames(reference, "reference")
-        return io.NodeOutput(size_match.match_size(check_frames(images, "images"), ref.shape[1], ref.shape[2], method))
+        out = size_match.match_size(check_frames(images, "images"), ref.shape[1], ref.shape[2], method)
+        return io.NodeOutput(size_match.to_8bit_centres(out) if to_8bit else out)
 
 
 NODES = [MatchSize]

@@ -44,3 +44,11 @@ def match_size(images: torch.Tensor, height: int, width: int, method: str = "bic
         y = F.interpolate(x, size=(height, width), mode=method, align_corners=False, antialias=True)
         y = y.clamp(0, 1)  # bicubic overshoots
     return y.permute(0, 2, 3, 1).contiguous()
+
+
+def to_8bit_centres(images: torch.Tensor) -> torch.Tensor:
+    """Snap values in 0..1 to the centres of the 8-bit bins, ``(round(255 x) + 0.5) / 255`` (1.0 stays 1.0),
+    same shape, device and dtype. An 8-bit writer then stores round(255 x) whether it rounds or truncates
+    (ComfyUI's SaveImage truncates ``255 x``: a decoder that returns 40/255 as 0.156862 would be saved as 39)."""
+    k = (images.float().clamp(0, 1) * 255).round()
+    return ((k + 0.5).clamp(max=255) / 255).to(images.dtype)

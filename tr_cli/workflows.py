@@ -115,15 +115,19 @@ def for_run(prompt: dict, tag: str, frames_prefix: str, match_size: bool) -> dic
     """The prompt a runner submits: the video tail replaced by a lossless PNG save of the restored frames
     (the runner encodes the container the user asked for, with the input's audio and timestamps); every
     file the server writes named with the run's ``tag`` (so concurrent runs never collide and the run can
-    delete them); with ``match_size`` the frames go through TR_MatchSize to the input's exact size first."""
+    delete them); with ``match_size`` the frames go through TR_MatchSize to the input's exact size (and 8-bit level
+    centres) first."""
     prompt = copy.deepcopy(prompt)
     drop, src = image_tail(prompt)
     for nid in drop:
         prompt.pop(nid)
     ref = input_frames(prompt)
-    if match_size and ref is not None and prompt[src[0]]["class_type"] != "TR_MatchSize":
+    if match_size and ref is not None:
+        # also snaps to 8-bit level centres: SaveImage truncates, and a host whose decoder returns k/255 a hair
+        # low (ComfyUI 0.33's float decode of planar RGB) would otherwise save k-1 (identity when sizes match)
         prompt["tr_run_match_size"] = {"class_type": "TR_MatchSize", "_meta": {"title": "Match input size"},
-                                       "inputs": {"images": src, "reference": ref, "method": "bicubic"}}
+                                       "inputs": {"images": src, "reference": ref, "method": "bicubic",
+                                                  "to_8bit": True}}
         src = ["tr_run_match_size", 0]
     for nid, node in prompt.items():
         if isinstance(node["inputs"].get("filename_prefix"), str):
