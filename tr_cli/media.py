@@ -8,6 +8,10 @@ the output's extension names, with the input's audio stream and frame timestamps
 * Any other extension is refused (``container_for``) before anything runs.
 * Audio: the input's audio streams are copied packet for packet (same codec, channel layout and level)
   when the container can hold the codec, else re-encoded to AAC with the same layout and rate.
+* Host copy: an RGB-family input (FFV1 bgr0/gbrp, ...) is handed to ComfyUI as PNG-in-MOV rgb24
+  (``host_copy``): ComfyUI 0.33+ decodes such formats through a float swscale path that returns level 255
+  as 0.9961 (254.02), while rgb24 is read exactly on every version. YUV inputs go as they are (their
+  YUV->RGB conversion is the host's either way).
 * Timestamps: when the input has a variable frame rate and the output has as many frames, every frame
   keeps its input timestamp; otherwise the output is constant-rate at the input's average rate.
 """
@@ -52,7 +56,7 @@ def probe(path: str) -> dict:
                     "audio": [{"codec": a.codec_context.name, "channels": a.codec_context.channels,
                                "layout": a.codec_context.layout.name, "rate": a.codec_context.sample_rate}
                               for a in c.streams.audio],
-                    "time_base": v.time_base}
+                    "time_base": v.time_base, "pix_fmt": v.codec_context.pix_fmt or ""}
             pts = sorted(p.pts for p in c.demux(v) if p.pts is not None and p.size)
     except RunnerError:
         raise
@@ -61,6 +65,48 @@ def probe(path: str) -> dict:
     info["pts"] = pts
     info["frames"] = len(pts)
     return info
+
+
+# pixel formats every supported ComfyUI decodes straight to 8-bit RGB (no float conversion on the way)
+HOST_EXACT_FORMATS = ("rgb24", "rgba", "pal8", "yuvj420p", "yuvj422p", "yuvj444p")
+
+
+def needs_host_copy(info: dict) -> bool:
+    """Whether the input is RGB-family (not YUV) in a pixel format a newer host would not decode exactly."""
+    fmt = info.get("pix_fmt") or ""
+    return not fmt.startswith(("yuv", "nv")) and fmt not in HOST_EXACT_FORMATS
+
+
+def write_rgb24_mov(frames, path: str, fps: Fraction) -> None:
+    """Frames [H, W, 3] uint8 (any iterable, written one at a time) as lossless PNG-in-MOV rgb24: a file every
+    ComfyUI decodes to exactly ``level / 255``."""
+    import av
+
+    with av.open(path, "w", format="mov") as c:
+        s = None
+        for fr in frames:
+            if s is None:
+                s = c.add_stream("png", rate=fps)
+                s.width, s.height, s.pix_fmt = fr.shape[1], fr.shape[0], "rgb24"
+            for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(fr), format="rgb24")):
+                c.mux(pkt)
+        if s is not None:
+            for pkt in s.encode():
+                c.mux(pkt)
+
+
+def host_copy(src: str, dst: str, info: dict) -> str:
+    """``dst`` (a .mov) holding ``src``'s frames as rgb24 PNG (video only: the runner copies the audio
+    itself from ``src``); returns ``dst``."""
+    import av
+
+    def frames():
+        with av.open(src) as c:
+            for f in c.decode(video=0):
+                yield f.to_ndarray(format="rgb24")
+
+    write_rgb24_mov(frames(), dst, info["fps"])
+    return dst
 
 
 def is_vfr(info: dict) -> bool:

@@ -192,6 +192,19 @@ def metric_name(prompt: dict, nid: str) -> str:
     return f"{name}_vs_{role(ref)}" if isinstance(ref, list) else name
 
 
+def upload_input(client, path: str, info: dict, tag: str) -> str:
+    """Upload the input under a name unique to this run; an RGB-family input goes as an exact rgb24 copy
+    (media.host_copy) so every ComfyUI version reads the same levels."""
+    if not media.needs_host_copy(info):
+        return client.upload(path, name=f"{tag}_{os.path.basename(path)}")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tr_upload_") as tmp:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        copy = media.host_copy(path, os.path.join(tmp, f"{tag}_{stem}.mov"), info)
+        return client.upload(copy, name=os.path.basename(copy))
+
+
 def main(args) -> int:
     if args.output:
         media.container_for(args.output)  # the extension decides the container, or the run is refused now
@@ -238,7 +251,7 @@ def main(args) -> int:
         work = preflight.work_summary(run_prompt, info["frames"], info["width"], info["height"])
         if not args.quiet:
             print(preflight.describe_work(work), file=sys.stderr)
-        uploaded = client.upload(args.input, name=f"{tag}_{os.path.basename(args.input)}")
+        uploaded = upload_input(client, args.input, info, tag)
         workflows.set_input(run_prompt, f"{workflows.INPUT_TITLE}.file={uploaded}")
         prompt_id = submit(client, run_prompt)
         entry = follow(client, prompt_id, run_prompt, args.timeout, args.quiet, args.warn_after)

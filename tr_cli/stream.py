@@ -104,19 +104,6 @@ def iter_frames(path: str, skip: int = 0):
                 yield f.to_ndarray(format="rgb24")
 
 
-def write_lossless(frames: np.ndarray, path: str, fps: Fraction) -> None:
-    import av
-
-    with av.open(path, "w", format="matroska") as c:
-        s = c.add_stream("ffv1", rate=fps)
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"
-        for fr in frames:
-            for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(fr), format="rgb24")):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
-
-
 def spool_frames(spool: str, n: int, shape):
     """The first ``n`` RGB frames [H, W, 3] of a raw spool, one at a time."""
     h, w = shape
@@ -183,8 +170,8 @@ class ComfyBackend:
     def restore(self, frames: np.ndarray, k: int) -> np.ndarray:
         from .run import submit
 
-        clip = os.path.join(self.work, f"seg_{self.run_tag}_{k:05d}.mkv")
-        write_lossless(frames, clip, self.fps)
+        clip = os.path.join(self.work, f"seg_{self.run_tag}_{k:05d}.mov")
+        media.write_rgb24_mov(frames, clip, self.fps)  # read exactly by every ComfyUI (see media.host_copy)
         try:
             name = self.client.upload(clip)
         finally:

@@ -181,3 +181,24 @@ def test_stream_odd_size_mp4_is_yuv420p_with_mono_audio(tmp_path):
     assert b["pix_fmt"] == "yuv420p" and b["size"] == (34, 22) and "padded to 34x22" in p.stderr
     assert np.abs(b["frames"][:, :21, :33].astype(int) - rgb.astype(int)).mean() < 3
     assert b["channels"] == 1 and b["rms"] == pytest.approx(a["rms"], rel=0.05)
+
+
+# ------------------------------------------------------------------ the copy a host reads exactly
+def test_rgb_inputs_go_to_the_host_as_an_exact_rgb24_copy(tmp_path):
+    """ComfyUI 0.33 decodes FFV1 bgr0 through float swscale (level 255 -> 254.02): the runner hands it an
+    rgb24 PNG-in-MOV copy instead, which keeps every level, white included; YUV inputs go as they are."""
+    import av
+
+    from tr_cli import media
+
+    src = str(tmp_path / "in.mkv")
+    want = make_clip(src, 33, 17, 3)
+    assert want.max() == 255  # the level the float path loses
+    info = media.probe(src)
+    assert info["pix_fmt"] == "bgr0" and media.needs_host_copy(info)
+    dst = media.host_copy(src, str(tmp_path / "copy.mov"), info)
+    with av.open(dst) as c:
+        got = [f for f in c.decode(video=0)]
+    assert {f.format.name for f in got} == {"rgb24"}
+    assert np.array_equal(np.stack([f.to_ndarray() for f in got]), want)
+    assert not media.needs_host_copy({"pix_fmt": "yuv420p"}) and not media.needs_host_copy({"pix_fmt": "rgb24"})
