@@ -103,25 +103,48 @@ def check_steps(steps: Any, name: str = "steps", minimum: int = 1, maximum: int 
     return steps
 
 
-def check_sd15(model: Any, name: str = "model") -> Any:
-    """A ModelPatcher of an SD1.x-style UNet: discrete eps/v noise schedule and the SD1.5 attention
-    layout this pack's block numbering assumes (``model_channels``/``transformer_depth`` may differ,
-    as in the tiny test model; the block structure may not)."""
-    import comfy.model_sampling as cms
+#: the model families the pack knows, by ComfyUI model-config class (``comfy.supported_models``), most
+#: specific first (``SD_X4Upscaler`` derives from ``SD20``), with the names used in messages
+FAMILIES = (("sd_x4", "SD_X4Upscaler", "SD x4 upscaler"), ("sdxl", "SDXL", "SDXL"), ("sd2", "SD20", "SD2.x"),
+            ("sd15", "SD15", "SD1.5"))
+#: every UNet family (ComfyUI's openaimodel UNet: input/middle/output blocks with SpatialTransformers)
+UNET_FAMILIES = ("sd15", "sd2", "sdxl", "sd_x4")
+FAMILY_LABELS = {f: label for f, _, label in FAMILIES}
+
+
+def model_family(model: Any) -> str:
+    """The family of a MODEL (ModelPatcher) from ComfyUI's model-config class: one of ``UNET_FAMILIES``,
+    else the config class name (e.g. ``"Flux"``), so a message can name what it got. Subclasses count
+    (fine-tunes, inpainting, test-only tiny configs: the block layout is always read off the UNet)."""
+    import comfy.supported_models as sm
 
     try:
-        ms = model.get_model_object("model_sampling")
-        unet = model.get_model_object("diffusion_model")
+        cfg = model.get_model_object("model_config")
     except Exception as e:  # not a ModelPatcher
-        raise ValueError(f"{name}: expected a diffusion MODEL, got {type(model).__name__}") from e
-    if not isinstance(ms, cms.EPS) or isinstance(ms, cms.X0) or not hasattr(ms, "sigmas"):
-        raise ValueError(f"{name}: expected an SD1.5-style model (discrete eps/v-prediction schedule), "
-                         f"got model sampling {type(ms).__name__}")
-    blocks = [getattr(unet, a, None) for a in ("input_blocks", "middle_block", "output_blocks")]
-    if any(b is None for b in blocks) or len(blocks[0]) != 12 or len(blocks[2]) != 12:
-        raise ValueError(f"{name}: expected an SD1.5-style UNet (12 input and 12 output blocks), "
-                         f"got {type(unet).__name__}")
-    return model
+        raise ValueError(f"model: expected a diffusion MODEL, got {type(model).__name__}") from e
+    for fam, cls_name, _ in FAMILIES:
+        cls = getattr(sm, cls_name, None)
+        if cls is not None and isinstance(cfg, cls):
+            return fam
+    return type(cfg).__name__
+
+
+def check_family(model: Any, supported, node: str, name: str = "model", discrete: bool = False) -> str:
+    """``model``'s family is in ``supported`` (names of ``FAMILIES``); returns the family. The error
+    names the node, the family given and the families the node supports. ``discrete``: the model's
+    noise schedule must also be a discrete eps / v-prediction one (not EDM, flow or x0 models)."""
+    import comfy.model_sampling as cms
+
+    fam = model_family(model)
+    want = ", ".join(FAMILY_LABELS.get(f, f) for f in supported)
+    if fam not in supported:
+        raise ValueError(f"{name}: {node} supports {want} models; got a {FAMILY_LABELS.get(fam, fam)} model")
+    ms = model.get_model_object("model_sampling")
+    if discrete and (not isinstance(ms, cms.EPS) or isinstance(ms, cms.X0) or not hasattr(ms, "sigmas")
+                     or not isinstance(ms, cms.ModelSamplingDiscrete)):
+        raise ValueError(f"{name}: {node} supports {want} models with a discrete eps/v-prediction noise "
+                         f"schedule; got a {FAMILY_LABELS.get(fam, fam)} model with {type(ms).__name__} sampling")
+    return fam
 
 
 def check_output_prefix(prefix: str, name: str = "filename_prefix") -> str:

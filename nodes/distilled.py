@@ -30,7 +30,7 @@ from comfy_api.latest import io
 
 from ..pipelines import distilled
 from ._patching import model_frame_index, tr_options
-from ._checks import check_sd15
+from ._checks import check_family
 
 log = logging.getLogger("temporal_restore")
 
@@ -63,6 +63,11 @@ def make_sampler_function(eta: float, s_noise: float, per_frame: bool):
                                           s_noise=s_noise, noise_scaling=noise_scaling)
 
     return sample_tr_distilled
+
+
+#: families with distilled few-step checkpoints (LCM / Turbo / Hyper / TCD: SD1.5, SD2.1, SDXL); the x4
+#: upscaler has none, and its linear schedule is not the one these timesteps were chosen on
+SUPPORTED = ("sd15", "sd2", "sdxl")
 
 
 def distilled_sigmas(model, schedule: str, steps: int, denoise: float, original_steps: int) -> torch.Tensor:
@@ -102,7 +107,7 @@ class DistilledSigmas(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, schedule, steps, denoise, original_steps=50) -> io.NodeOutput:
-        check_sd15(model, "model")
+        check_family(model, SUPPORTED, "TR_DistilledSigmas", discrete=True)
         return io.NodeOutput(distilled_sigmas(model, schedule, steps, denoise, original_steps))
 
 

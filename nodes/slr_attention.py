@@ -21,6 +21,7 @@ import logging
 from comfy_api.latest import io
 
 from ..pipelines import slr_attention as slr
+from ._checks import UNET_FAMILIES, check_family
 from ._patching import (Shared, chunk_layout, clone_with_options, fallback_attention, frame_index,
                         install_attn1_replace, install_post_cfg)
 from ._types import FLOW
@@ -42,14 +43,15 @@ def decoder_attn1(model) -> tuple[list[tuple[int, int]], set[int]]:
     from comfy.ldm.modules.attention import BasicTransformerBlock, SpatialTransformer
     from comfy.ldm.modules.diffusionmodules.openaimodel import Upsample
 
-    unet = model.model.diffusion_model
+    unet = model.get_model_object("diffusion_model")
     found, level_of = [], {}
     level = 0
     for i, blk in enumerate(unet.output_blocks):
         n_tb = 0
         for m in blk.modules():
-            if isinstance(m, SpatialTransformer):
-                n_tb += sum(1 for t in m.transformer_blocks if isinstance(t, BasicTransformerBlock))
+            if isinstance(m, SpatialTransformer):  # x4 upscaler: some attn1 attend to the text, not patched
+                n_tb += sum(1 for t in m.transformer_blocks
+                            if isinstance(t, BasicTransformerBlock) and not t.disable_self_attn)
         for t in range(n_tb):
             found.append((i, t))
         if n_tb:
@@ -102,6 +104,7 @@ class X0Recorder(Shared):
 def install_slr(model, flow=None, trajectory_start=None, strength=1.0, search_radius=3, patch_radius=1,
                 x0_flow=True):
     """Clone ``model`` and install SLR attention on its decoder. Returns ``(clone, state)``."""
+    check_family(model, UNET_FAMILIES, "TR_SLRAttention")
     blocks, largest = decoder_attn1(model)
     factors, bias = rgb_factors(model)
     trajectory_start = TRAJECTORY_START if trajectory_start is None else trajectory_start

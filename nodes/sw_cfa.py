@@ -20,6 +20,7 @@ import logging
 from comfy_api.latest import io
 
 from ..pipelines import sw_cfa
+from ._checks import UNET_FAMILIES, check_family
 from ._patching import (Shared, chunk_layout, clone_with_options, fallback_attention, frame_index,
                         install_attn1_replace)
 
@@ -27,7 +28,7 @@ log = logging.getLogger("temporal_restore")
 
 KEY = "sw_cfa"
 
-# SD1.5 blocks that hold a transformer (attn1): the default when the model cannot be inspected.
+# SD1.5's blocks holding a self-attention (for reference and tests; the patch reads them off the model)
 SD15_ATTN1_BLOCKS = ([("input", i) for i in (1, 2, 4, 5, 7, 8)] + [("middle", 0)]
                      + [("output", i) for i in range(3, 12)])
 
@@ -47,22 +48,19 @@ class SWCFAAttention(Shared):
 
 
 def attn1_blocks(model) -> list[tuple[str, int]]:
-    """(block_name, number) of every UNet block holding a transformer, read off the model
-    (SD1.5, SD2, SDXL ...); the SD1.5 list when the model has no UNet of that layout."""
-    try:
-        from comfy.ldm.modules.attention import BasicTransformerBlock
+    """(block_name, number) of every UNet block holding a transformer whose attn1 is a self-attention,
+    read off the model (SD1.5, SD2, SDXL: every transformer; the SD x4 upscaler: only its deepest level
+    and the middle, its other levels' attn1 attend to the text, ``disable_self_attentions``). A patch
+    keyed by (name, number) applies to every ``transformer_index`` of the block (SDXL: depth 2-10)."""
+    from comfy.ldm.modules.attention import BasicTransformerBlock
 
-        unet = model.model.diffusion_model
-        found = []
-        for name, seq in (("input", unet.input_blocks), ("middle", [unet.middle_block]), ("output", unet.output_blocks)):
-            for i, blk in enumerate(seq):
-                if any(isinstance(m, BasicTransformerBlock) for m in blk.modules()):
-                    found.append((name, i))
-        if found:
-            return found
-    except AttributeError:
-        pass
-    return list(SD15_ATTN1_BLOCKS)
+    unet = model.get_model_object("diffusion_model")
+    found = []
+    for name, seq in (("input", unet.input_blocks), ("middle", [unet.middle_block]), ("output", unet.output_blocks)):
+        for i, blk in enumerate(seq):
+            if any(isinstance(m, BasicTransformerBlock) and not m.disable_self_attn for m in blk.modules()):
+                found.append((name, i))
+    return found
 
 
 def parse_blocks(spec: str, available: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -110,6 +108,7 @@ def install_sw_cfa(model, mode: str = "sw_cfa", radius: int = 3, blocks: str = "
         raise ValueError(f"mode: expected one of {sw_cfa.MODES}, got {mode!r}")
     if int(radius) < 0:
         raise ValueError(f"radius: expected an integer >= 0, got {radius}")
+    check_family(model, UNET_FAMILIES, "TR_SWCFAPatch")
     selected = parse_blocks(blocks, attn1_blocks(model))
     m = clone_with_options(model, KEY, {"mode": mode, "radius": int(radius), "blocks": selected})
     for name, number in selected:
@@ -139,7 +138,8 @@ class SWCFAPatch(io.ComfyNode):
                                      "0 is stock self-attention."),
                 io.String.Input("blocks", default="all",
                                 tooltip="Which self-attention blocks to patch: 'all', or e.g. "
-                                        "'input:1,2,4,5,7,8; middle:0; output:3-11' (SD1.5 numbering)."),
+                                        "'input:1,2,4,5,7,8; middle:0; output:3-11' (numbers of the model's own UNet "
+                                        "blocks: these are SD1.5's; SDXL's are input:4,5,7,8; middle:0; output:0-5)."),
             ],
             outputs=[io.Model.Output()],
         )

@@ -15,7 +15,7 @@ from ..pipelines import latent_warp as lw
 from ..pipelines import token_merge as tm
 from ._patching import (Shared, chunk_layout, clone_with_options, frame_index, install_attn1_output_patch,
                         install_attn1_patch, tr_options)
-from ._checks import check_flow
+from ._checks import UNET_FAMILIES, check_family, check_flow
 from ._types import FLOW
 from ._flow_window import flow_window
 from ._keyframe_inputs import keyframe_plan_inputs
@@ -235,6 +235,7 @@ class TokenMerge(io.ComfyNode):
                 seed=0, anneal_start=0.0, anneal_end=1.0, delta=1.0, radius=4.0, down_blocks="flow",
                 up_blocks="cosine", merge_mode="replace", levels="top2", pad_bottom=0, pad_right=0) -> io.NodeOutput:
         check_flow(flow, "flow")
+        check_family(model, UNET_FAMILIES, "TR_TokenMerge")
         cfg = TokenMergeConfig(flow, ratio, chunk_size, keyframe_mode, seed, anneal_start, anneal_end, delta, radius,
                                down_blocks, up_blocks, pad_bottom, pad_right, merge_mode, levels)
         return io.NodeOutput(install_token_merge(model, cfg))
