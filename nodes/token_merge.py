@@ -235,9 +235,9 @@ class TokenMerge(io.ComfyNode):
                 seed=0, anneal_start=0.0, anneal_end=1.0, delta=1.0, radius=4.0, down_blocks="flow",
                 up_blocks="cosine", merge_mode="replace", levels="top2", pad_bottom=0, pad_right=0) -> io.NodeOutput:
         check_flow(flow, "flow")
-        check_family(model, UNET_FAMILIES, "TR_TokenMerge")
         cfg = TokenMergeConfig(flow, ratio, chunk_size, keyframe_mode, seed, anneal_start, anneal_end, delta, radius,
                                down_blocks, up_blocks, pad_bottom, pad_right, merge_mode, levels)
+        check_family(model, UNET_FAMILIES, "TR_TokenMerge")
         return io.NodeOutput(install_token_merge(model, cfg))
 
 

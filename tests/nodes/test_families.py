@@ -253,3 +253,49 @@ def test_generic_nodes_run_on_every_family(fam, family):
     win = ilt.ILTChunker.execute(m, pos, neg, {"samples": lat}, 0, 2.0, "euler", "normal", 2, 1.0, 2, 1,
                                  "post", "rescheduled", False).result[0]["samples"]
     assert win.shape == lat.shape and torch.isfinite(win).all()
+
+
+# ----------------------------------------------------------------------------------------- bf16 UNet
+BF16_TOL = 0.05  # max |bf16 - fp32| of the sampled latents, relative to max |fp32| (2 euler steps)
+
+
+@pytest.mark.parametrize("family", ("sd2", "sdxl"))
+def test_patches_run_in_bf16_like_on_a_gpu(fam, family):
+    """The UNet in bf16 end to end (weights and compute: what ComfyUI does on a bf16 GPU; on the CPU
+    it would cast to fp32, so the test turns that cast off): the attention patches get bf16 q/k/v,
+    return bf16 (no upcast), and the sampled latents stay within BF16_TOL of the fp32 run."""
+    import comfy.sd
+
+    _, sw, slr, tmn, _ = _mods()
+    d = fam[family]
+    low = comfy.sd.load_checkpoint_guess_config(d["info"]["checkpoint_path"], output_vae=False, output_clip=False,
+                                                model_options={"dtype": torch.bfloat16})[0]
+    low.model.manual_cast_dtype = None
+    patches = {"sw_cfa": lambda m: sw.install_sw_cfa(m, "sw_cfa", 2),
+               "slr": lambda m: slr.install_slr(m, trajectory_start=1.0)[0],
+               # trajectories pick displacements by argmax (discrete: bf16 near-ties flip them): dtype only
+               "slr_trajectories": lambda m: slr.install_slr(m, trajectory_start=0.3)[0],
+               "token_merge": lambda m: tmn.install_token_merge(m, tmn.TokenMergeConfig(ratio=0.5, chunk_size=FRAMES))}
+    for name, install in patches.items():
+        m = install(low)
+        calls = []
+        if name != "token_merge":
+            for key, p in list(m.model_options["transformer_options"]["patches_replace"]["attn1"].items()):
+                m.model_options["transformer_options"]["patches_replace"]["attn1"][key] = DtypeRecorder(p, calls)
+        out = _sample(m, d, family, steps=3)
+        ref = _sample(install(d["model"]), d, family, steps=3)
+        assert torch.isfinite(out).all(), name
+        if name != "slr_trajectories":
+            assert (out.float() - ref).abs().max().item() <= BF16_TOL * ref.abs().max().item(), name
+        if name != "token_merge":
+            assert calls and all(c == (torch.bfloat16, torch.bfloat16) for c in calls), (name, set(calls))
+
+
+class DtypeRecorder:
+    def __init__(self, inner, calls):
+        self.inner, self.calls = inner, calls
+
+    def __call__(self, q, k, v, extra_options, *args, **kwargs):
+        out = self.inner(q, k, v, extra_options, *args, **kwargs)
+        self.calls.append((q.dtype, out.dtype))
+        return out
