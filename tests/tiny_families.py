@@ -28,7 +28,17 @@ import os
 
 import torch
 
-import tiny_models
+try:
+    import tiny_models
+except ImportError:  # loaded by file path in a test server (tests/comfy_test_nodes/tr_tiny_models)
+    import importlib.util
+    import sys
+
+    _spec = importlib.util.spec_from_file_location(
+        "tr_tests_tiny_models", os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_models.py"))
+    tiny_models = sys.modules.get("tr_tests_tiny_models") or importlib.util.module_from_spec(_spec)
+    if "tr_tests_tiny_models" not in sys.modules:
+        _spec.loader.exec_module(tiny_models)
 
 BUILD_VERSION = "2"  # bump when a builder changes, so cached files are rebuilt
 
