@@ -45,6 +45,15 @@ def _metrics(server, g, node):
     return m
 
 
+def _start(g, ckpt, size):
+    """Synthetic clip, checkpoint and the two prompts: node ids (clip, checkpoint, positive, negative)."""
+    clip = g.add("TR_SyntheticClip", image="astronaut", frames=FRAMES, width=size, height=size, motion="pan",
+                 moving_object=False, seed=0)
+    ck = g.add("CheckpointLoaderSimple", ckpt_name=ckpt)
+    return clip, ck, g.add("CLIPTextEncode", text="a sharp photo", clip=out(ck, 1)), \
+        g.add("CLIPTextEncode", text="blur", clip=out(ck, 1))
+
+
 def _finite(m):
     vals = [v for v in m.values() if isinstance(v, (int, float))]
     return vals and all(math.isfinite(v) for v in vals)
@@ -53,11 +62,7 @@ def _finite(m):
 def test_x4_upscaler_video_sr_through_the_server(fam_server):
     server, names = fam_server
     g = Graph()
-    clip = g.add("TR_SyntheticClip", image="astronaut", frames=FRAMES, width=32, height=32, motion="pan",
-                 moving_object=False, seed=0)
-    ck = g.add("CheckpointLoaderSimple", ckpt_name=names["x4"]["checkpoint"])
-    pos = g.add("CLIPTextEncode", text="a sharp photo", clip=out(ck, 1))
-    neg = g.add("CLIPTextEncode", text="blur", clip=out(ck, 1))
+    clip, ck, pos, neg = _start(g, names["x4"]["checkpoint"], 32)
     up = g.add("SD_4XUpscale_Conditioning", images=out(clip), positive=out(pos), negative=out(neg), scale_ratio=4.0,
                noise_augmentation=0.1)
     sw = g.add("TR_SWCFAPatch", model=out(ck), mode="sw_cfa", radius=1, blocks="all")
@@ -74,11 +79,7 @@ def test_x4_upscaler_video_sr_through_the_server(fam_server):
 def test_sdxl_tile_controlnet_restore_through_the_server(fam_server):
     server, names = fam_server
     g = Graph()
-    clip = g.add("TR_SyntheticClip", image="astronaut", frames=FRAMES, width=64, height=64, motion="pan",
-                 moving_object=False, seed=0)
-    ck = g.add("CheckpointLoaderSimple", ckpt_name=names["sdxl"]["checkpoint"])
-    pos = g.add("CLIPTextEncode", text="a sharp photo", clip=out(ck, 1))
-    neg = g.add("CLIPTextEncode", text="blur", clip=out(ck, 1))
+    clip, ck, pos, neg = _start(g, names["sdxl"]["checkpoint"], 64)
     cn = g.add("ControlNetLoader", control_net_name=names["sdxl"]["controlnet"])
     ap = g.add("ControlNetApplyAdvanced", positive=out(pos), negative=out(neg), control_net=out(cn), image=out(clip),
                strength=1.0, start_percent=0.0, end_percent=1.0)
