@@ -299,3 +299,25 @@ class DtypeRecorder:
         out = self.inner(q, k, v, extra_options, *args, **kwargs)
         self.calls.append((q.dtype, out.dtype))
         return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_recurrent_restore_runs_on_every_family(fam, family):
+    """TR_RecurrentRestore frame by frame with the distilled sampler; its ControlNet path with the
+    family's ControlNet where one exists (SD1.5, SD2.1, SDXL). The x4 upscaler's frames are its
+    low-resolution input (latent grid = pixel grid); the others' are 8x the latent."""
+    import comfy.samplers
+    from temporal_restore.nodes import distilled, recurrent_restore
+
+    d = fam[family]
+    lat, _, image = _inputs()
+    pos, neg = _conds(d, family, image)
+    scale = 1 if family == "sd_x4" else 8
+    frames = torch.rand(FRAMES, LAT * scale, LAT * scale, 3, generator=torch.Generator().manual_seed(3))
+    sampler = distilled.DistilledSampler.execute(1.0, 1.0, True).result[0]
+    sigmas = comfy.samplers.calculate_sigmas(d["model"].get_model_object("model_sampling"), "normal", 2).cpu()
+    cn = d.get("controlnet")
+    res = recurrent_restore.RecurrentRestore.execute(
+        d["model"], pos, neg, sampler, sigmas[1:], {"samples": lat}, frames, 0, 1.5, 0.5, 0.1, 1.0, 1, 1.0,
+        control_net=cn, vae=d["vae"] if cn is not None else None).result[0]["samples"]
+    assert res.shape == lat.shape and torch.isfinite(res).all()
