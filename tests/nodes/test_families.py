@@ -147,6 +147,17 @@ def test_builds_load_as_the_real_families(fam):
         assert type(fam[family]["controlnet"].control_model).__name__ == "ControlNet"
 
 
+def test_latent_previews_use_each_familys_own_factors(fam):
+    """SLR trajectories and TC guidance preview x0 with the model's latent -> RGB factors, not SD1.5's."""
+    from temporal_restore.nodes._zvrd import rgb_factors
+
+    got = {f: rgb_factors(fam[f]["model"]) for f in FAMILIES}
+    for f in FAMILIES:
+        assert got[f][0] == fam[f]["model"].get_model_object("latent_format").latent_rgb_factors, f
+    assert got["sdxl"][0] != got["sd15"][0] and got["sd_x4"][0] != got["sd15"][0]
+    assert got["sdxl"][1] is not None  # SDXL's factors come with a bias
+
+
 # --------------------------------------------------------------------------------------------- SW-CFA
 @pytest.mark.parametrize("family", FAMILIES)
 def test_swcfa_per_family(fam, family):
