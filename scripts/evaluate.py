@@ -110,12 +110,13 @@ def run(a):
             return m
 
         colour.append(("input (degraded)", "-", measure("input (degraded)", degraded, 0.0), None))
-        for _, name, fn in eval_configs.configurations(ctx, groups):
+        for _, name, fn, *decode in eval_configs.configurations(ctx, groups):
             if not any(name.startswith(r) for r in rows):
                 continue
             t0 = time.time()
             samples = fn()
-            out = tt.from_work_scale(vae.decode(samples).reshape(work.shape).clamp(0, 1), ws)
+            decoded = decode[0](samples) if decode else vae.decode(samples)  # a row may bring its own decoder
+            out = tt.from_work_scale(decoded.reshape(work.shape).clamp(0, 1), ws)
             m = measure(name, out, (time.time() - t0) / clean.shape[0])
             if any(name.startswith(c) for c in color_rows):
                 colour += color_fixes(name, out, degraded, m)
