@@ -110,6 +110,8 @@ def main(argv=None) -> int:
     enc = lambda x: encode_raw(vae, x)[0]  # noqa: E731
     dec2d = encode_raw(vae, torch.zeros(1, 3, 8, 8))[1]
     model = te3d_vae.TE3DDecoder(dec2d)
+    taesd = hasattr(vae, "taesd_decoder")
+    to01 = (lambda y: y) if taesd else (lambda y: (y + 1) / 2)  # noqa: E731  (SD decoders return [-1, 1])
     import safetensors.torch
 
     if args.eval is not None:
@@ -118,7 +120,8 @@ def main(argv=None) -> int:
                                           source=path)
         model.eval()
         for s in (0.0, 0.1, 0.15, 0.25):
-            res = te3d_train.measure(enc, {"2d": dec2d, "te3d": model}, strength=s, frames=args.frames, size=args.size)
+            res = te3d_train.measure(enc, {"2d": lambda z: to01(dec2d(z)), "te3d": lambda z: to01(model(z))},
+                                     strength=s, frames=args.frames, size=args.size)
             for name, r in res.items():
                 print(f"jitter {s:.2f} {name:5s} PSNR {r['psnr']:.2f} dB  warping error {r['warping_error']:.4f}  "
                       f"flicker {r['flicker']:.4f}")
