@@ -12,6 +12,11 @@ Supported VAEs: TAESD-shaped and SD/SDXL AutoencoderKL (``first_stage_model.deco
 file's ``decoder_sha256``), otherwise none; a file path; a bare file name looked up in ``models/demo/``; or
 empty = none. Without weights ``te3d`` is the 2D decoder: the node logs a warning and shows it in its UI
 output instead of presenting an identity as a temporal decoder.
+
+Shipped demo weights, measured (``scripts/train_te3d.py --checkpoint models/demo/demo_sd15.safetensors --eval
+models/demo/demo_te3d_vae.safetensors``): held-out synthetic clips, latent jitter 0.15, 2D -> TE-3D: PSNR 21.91 -> 21.12,
+warping error 0.0328 -> 0.0170, flicker 0.0053 -> 0.0024. ``scripts/evaluate.py --groups te3d --frames 8``: per-frame
+24.56 / 0.0336 / 0.0073 -> 22.90 / 0.0237 / 0.0033 (more consistent, less detail).
 """
 from __future__ import annotations
 
