@@ -7,6 +7,7 @@ settings instead of stacking, and a clone without the key is untouched.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 
@@ -24,13 +25,14 @@ from ._keyframe_inputs import keyframe_plan_inputs
 log = logging.getLogger("temporal_restore")
 
 KEY = "latent_warp"
+KEYFRAME_FLOWS = ("direct", "chained")
 
 
 class LatentWarpConfig(Shared):
     """Immutable settings + a per-grid cache of the resampled flow. Shared, not copied, by
     ``ModelPatcher.clone()`` (which deep-copies model_options)."""
 
-    def __init__(self, flow, fraction, batch_size, keyframe_mode, seed, strength):
+    def __init__(self, flow, fraction, batch_size, keyframe_mode, seed, strength, keyframe_flow="direct"):
         if not 0.0 <= float(fraction) <= 1.0:
             raise ValueError(f"fraction: expected a share of the steps in [0,1], got {fraction}")
         if int(batch_size) < 1:
@@ -41,6 +43,9 @@ class LatentWarpConfig(Shared):
             raise ValueError(f"strength: expected a value in [0,1], got {strength}")
         self.flow, self.fraction, self.batch_size = flow, float(fraction), int(batch_size)
         self.keyframe_mode, self.seed, self.strength = keyframe_mode, int(seed), float(strength)
+        if keyframe_flow not in KEYFRAME_FLOWS:
+            raise ValueError(f"keyframe_flow: expected one of {KEYFRAME_FLOWS}, got {keyframe_flow!r}")
+        self.direct = keyframe_flow == "direct"
         self._windows = {}
         self._lock = threading.Lock()
 
@@ -54,7 +59,9 @@ def _latent_flow_fallback(x0: torch.Tensor) -> flowlib.FlowField:
     lo = img.amin(dim=(0, 2, 3), keepdim=True)
     hi = img.amax(dim=(0, 2, 3), keepdim=True)
     img = ((img - lo) / (hi - lo).clamp_min(1e-6)).permute(0, 2, 3, 1)
-    return flowlib.estimate_flow(img, preset="medium").to(device=x0.device)
+    # chained neighbour flows only: DIS between distant frames of these coarse latent images is unreliable
+    ff = flowlib.estimate_flow(img, preset="medium").to(device=x0.device)
+    return dataclasses.replace(ff, pair_estimator=None, frame_ids=None)
 
 
 def latent_warp_post_cfg(args, *rest, **kwargs):
@@ -76,7 +83,8 @@ def latent_warp_post_cfg(args, *rest, **kwargs):
     else:
         flow, flow_idx, num_frames = _latent_flow_fallback(denoised), list(range(frames)), None
     return lw.hierarchical_warp(denoised, flow, idx, batch_size=cfg.batch_size, keyframe_mode=cfg.keyframe_mode,
-                                seed=cfg.seed, strength=cfg.strength, flow_idx=flow_idx, num_frames=num_frames)
+                                seed=cfg.seed, strength=cfg.strength, flow_idx=flow_idx, num_frames=num_frames,
+                                direct=cfg.direct)
 
 
 
@@ -107,6 +115,10 @@ class LatentWarp(io.ComfyNode):
                 *keyframe_plan_inputs("batch_size", "batch", 256, "TR_TokenMerge"),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="1 replaces non-occluded pixels by the warped keyframe (paper); lower blends."),
+                io.Combo.Input("keyframe_flow", options=list(KEYFRAME_FLOWS), default="direct", optional=True,
+                               tooltip="direct: each frame is warped from its keyframe with a flow estimated between "
+                                       "the two frames (official code; needs a FLOW from TR_FlowEstimate). chained: "
+                                       "neighbour flows composed frame by frame (this pack's earlier default)."),
             ],
             outputs=[io.Model.Output()],
         )
@@ -114,9 +126,9 @@ class LatentWarp(io.ComfyNode):
     @classmethod
     def execute(cls, model, flow=None, fraction=lw.DEFAULT_FRACTION, batch_size=lw.DEFAULT_BATCH,
                 keyframe_mode=lw.DEFAULT_KEYFRAME_MODE, seed=0,
-                strength=1.0) -> io.NodeOutput:
+                strength=1.0, keyframe_flow="direct") -> io.NodeOutput:
         check_flow(flow, "flow")
-        cfg = LatentWarpConfig(flow, fraction, batch_size, keyframe_mode, seed, strength)
+        cfg = LatentWarpConfig(flow, fraction, batch_size, keyframe_mode, seed, strength, keyframe_flow)
         return io.NodeOutput(install_latent_warp(model, cfg))
 
 

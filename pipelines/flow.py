@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -179,6 +179,10 @@ class FlowField:
     keyframes: optional sorted absolute frame indices with direct flows between consecutive
         keyframes in ``key_*`` (``[K-1,...]``, same layout as above with t -> k-th keyframe).
     source_height / source_width: size of the frames the flow was estimated on (for reference).
+    pair_estimator: optional ``(i, j) -> [2, source_height, source_width]`` flow from source frame ``i`` to
+        ``j`` (set by :func:`estimate_flow`; keeps a reference to the frames): :meth:`between` with
+        ``direct=True`` estimates any pair directly, as DiffIR2VR-Zero's official code does for
+        frame -> keyframe. ``frame_ids``: the source frame of each frame of this field (after ``select``).
     """
 
     forward: Tensor
@@ -199,6 +203,9 @@ class FlowField:
     source_height: int = 0
     source_width: int = 0
     backend: str = "dis"
+    pair_estimator: Optional[Callable[[int, int], Tensor]] = None
+    frame_ids: Optional[list[int]] = None
+    direct_cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         n = self.forward.shape[0]
@@ -225,6 +232,10 @@ class FlowField:
                     raise ValueError(f"FlowField.{name}: expected [{k},{c},{self.height},{self.width}], got {shape}")
         if not self.source_height:
             self.source_height, self.source_width = self.height, self.width
+        if self.pair_estimator is not None and self.frame_ids is None:
+            self.frame_ids = list(range(self.num_frames))
+        if self.frame_ids is not None and len(self.frame_ids) != self.num_frames:
+            raise ValueError(f"FlowField.frame_ids: expected {self.num_frames} source indices, got {len(self.frame_ids)}")
 
     # -- basic facts -------------------------------------------------------------------------
     @property
@@ -246,7 +257,8 @@ class FlowField:
                                               "key_confidence_bwd")}
 
     def _fields(self) -> dict:
-        return {k: getattr(self, k) for k in ("height", "width", "keyframes", "source_height", "source_width", "backend")} | self._tensors()
+        return {k: getattr(self, k) for k in ("height", "width", "keyframes", "source_height", "source_width", "backend",
+                                              "pair_estimator", "frame_ids", "direct_cache")} | self._tensors()
 
     # -- resampling --------------------------------------------------------------------------
     def resized(self, h: int, w: int) -> "FlowField":
@@ -279,17 +291,19 @@ class FlowField:
             key_forward=rf(self.key_forward), key_backward=rf(self.key_backward),
             key_occlusion_fwd=ro(self.key_occlusion_fwd), key_occlusion_bwd=ro(self.key_occlusion_bwd),
             key_confidence_fwd=rc(self.key_confidence_fwd), key_confidence_bwd=rc(self.key_confidence_bwd),
-            source_height=self.source_height, source_width=self.source_width, backend=self.backend)
+            source_height=self.source_height, source_width=self.source_width, backend=self.backend,
+            pair_estimator=self.pair_estimator, frame_ids=self.frame_ids, direct_cache=self.direct_cache)
 
     # -- arbitrary pairs -----------------------------------------------------------------------
-    def between(self, a: int, b: int) -> tuple[Tensor, Tensor, Tensor]:
+    def between(self, a: int, b: int, direct: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Flow from frame ``a`` to frame ``b`` (absolute indices of this field) with its occlusion
         and confidence: ``([2,H,W], [1,H,W], [1,H,W])``, for the pixels of frame ``a``.
 
-        Neighbours and consecutive keyframes use the stored direct flows; other pairs are chained
-        through keyframe hops where possible and neighbour steps otherwise (:func:`compose`);
-        a chained pixel is occluded if any link is or its final match leaves the frame, and its
-        confidence is the product of the links'.
+        Neighbours and consecutive keyframes use the stored direct flows. Other pairs: with ``direct``
+        and a ``pair_estimator``, a flow estimated between the two frames themselves (:meth:`direct`);
+        otherwise chained through keyframe hops where possible and neighbour steps otherwise
+        (:func:`compose`); a chained pixel is occluded if any link is or its final match leaves the
+        frame, and its confidence is the product of the links'.
         """
         T = self.num_frames
         a, b = int(a), int(b)
@@ -298,6 +312,8 @@ class FlowField:
         if a == b:
             z = self.forward.new_zeros(2, self.height, self.width)
             return z, z.new_zeros(1, self.height, self.width), z.new_ones(1, self.height, self.width)
+        if direct and self.pair_estimator is not None and abs(a - b) > 1:
+            return self.direct(a, b)
         path = self._path(a, b)
         flow = occ = conf = None
         for (u, v) in path:
@@ -316,6 +332,28 @@ class FlowField:
             occ = torch.maximum(occ, outside)
             conf = conf * (1 - outside)
         return flow, occ, conf
+
+    def direct(self, a: int, b: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Flow ``a -> b`` estimated between the two source frames (``pair_estimator``, both directions
+        for the forward-backward check, :func:`fb_check` / :func:`fb_confidence`), on this field's grid,
+        cached per source pair and grid. ``([2,H,W], [1,H,W], [1,H,W])``."""
+        if self.pair_estimator is None:
+            raise ValueError("FlowField.direct: this flow keeps no frames to estimate a pair from "
+                             "(estimate it with TR_FlowEstimate / flow.estimate_flow)")
+        sa, sb = self.frame_ids[int(a)], self.frame_ids[int(b)]
+        key = (sa, sb, self.height, self.width)
+        hit = self.direct_cache.get(key)
+        if hit is None:
+            fw, bw = self.pair_estimator(sa, sb)[None].float(), self.pair_estimator(sb, sa)[None].float()
+            occ, conf = fb_check(fw, bw), fb_confidence(fw, bw)
+            if (self.height, self.width) != tuple(fw.shape[-2:]):
+                fw = resize_flow(fw, self.height, self.width)
+                occ = resize_mask(occ, self.height, self.width, OCCLUSION_RESIZE_THRESHOLD)
+                conf = resize_mask(conf, self.height, self.width)
+            hit = (fw[0].cpu(), occ[0].cpu(), conf[0].cpu())
+            self.direct_cache[key] = hit
+        ref = self.forward
+        return tuple(t.to(ref.device, ref.dtype) for t in hit)
 
     def _path(self, a: int, b: int) -> list[tuple[int, int]]:
         step = 1 if b > a else -1
@@ -380,9 +418,11 @@ class FlowField:
                     key_backward=torch.stack([p[0] for p in kb_pairs]) if kb_pairs else z2,
                     key_occlusion_bwd=torch.stack([p[1] for p in kb_pairs]) if kb_pairs else z1,
                     key_confidence_bwd=torch.stack([p[2] for p in kb_pairs]) if kb_pairs else z1)
+        ids = None if self.frame_ids is None else [self.frame_ids[i] for i in idx]
         return FlowField(forward=fw, backward=bw, occlusion_fwd=of, occlusion_bwd=ob, confidence_fwd=cf,
                          confidence_bwd=cb, height=self.height, width=self.width, source_height=self.source_height,
-                         source_width=self.source_width, backend=self.backend, **kwargs)
+                         source_width=self.source_width, backend=self.backend, pair_estimator=self.pair_estimator,
+                         frame_ids=ids, direct_cache=self.direct_cache, **kwargs)
 
     def __repr__(self) -> str:  # keep ComfyUI logs short
         return (f"FlowField(frames={self.num_frames}, grid={self.height}x{self.width}, "
@@ -584,7 +624,7 @@ def estimate_flow(frames, backend="dis", keyframes: Optional[Sequence[int]] = No
                       key_occlusion_bwd=cat["ob"], key_confidence_fwd=cat["cf"], key_confidence_bwd=cat["cb"])
     return FlowField(forward=nb["f"], backward=nb["b"], occlusion_fwd=nb["of"], occlusion_bwd=nb["ob"],
                      confidence_fwd=nb["cf"], confidence_bwd=nb["cb"], height=h, width=w,
-                     source_height=H, source_width=W, backend=backend, **kwargs)
+                     source_height=H, source_width=W, backend=backend, pair_estimator=pair, **kwargs)
 
 
 def end_point_error(pred: Tensor, true: Tensor, mask: Optional[Tensor] = None) -> float:

@@ -101,13 +101,17 @@ def _pull(x_dst: Tensor, x_src: Tensor, flow: Tensor, occ: Tensor, strength: flo
 
 def hierarchical_warp(x0: Tensor, flow: FlowField, frame_idx: Sequence[int], batch_size: int = 8,
                       keyframe_mode: str = "random", seed: int = 0, strength: float = 1.0,
-                      flow_idx: Optional[Sequence[int]] = None, num_frames: Optional[int] = None) -> Tensor:
+                      flow_idx: Optional[Sequence[int]] = None, num_frames: Optional[int] = None,
+                      direct: bool = True) -> Tensor:
     """Eq. 4 global + local warping of predicted x0 latents ``x0 [F,C,h,w]`` (frames of one chunk,
     absolute indices ``frame_idx``) with ``flow`` on the latent grid ``h x w`` (see
     ``FlowField.resized``).  ``flow_idx`` gives each frame's index inside ``flow`` when that is not
     the absolute index (e.g. a flow estimated on, or cut to, the window only); keyframes always follow
     ``frame_idx``, and ``num_frames`` (the clip length; default: the flow's when ``flow_idx`` is not
-    given) bounds the last batch.  Returns a new tensor; the input is not modified."""
+    given) bounds the last batch.  ``direct`` (default, the official code): each frame is warped from its
+    keyframe (and each keyframe from the previous one) with a flow estimated between the two frames
+    themselves when ``flow`` keeps its frames (``FlowField.direct``); ``direct=False`` chains neighbour /
+    keyframe-stride flows (``FlowField.between``). Returns a new tensor; the input is not modified."""
     if x0.ndim != 4:
         raise ValueError(f"x0: expected latents [F,C,h,w], got {tuple(x0.shape)}")
     n = x0.shape[0]
@@ -135,13 +139,13 @@ def hierarchical_warp(x0: Tensor, flow: FlowField, frame_idx: Sequence[int], bat
     key_list = [keys[b] for b in sorted(keys)]
     # 1. global: keyframe to keyframe, sequentially so the first keyframe's content propagates
     for j, i in zip(key_list[:-1], key_list[1:]):
-        f_ij, occ, _ = flow.between(to_flow[i], to_flow[j])
+        f_ij, occ, _ = flow.between(to_flow[i], to_flow[j], direct=direct)
         out[pos[i]] = _pull(out[pos[i]], out[pos[j]], f_ij, occ, strength)
     # 2. local: keyframe to the other frames of its batch
     for f in idx:
         k = keys[f // batch_size]
         if f == k:
             continue
-        f_fk, occ, _ = flow.between(to_flow[f], to_flow[k])
+        f_fk, occ, _ = flow.between(to_flow[f], to_flow[k], direct=direct)
         out[pos[f]] = _pull(out[pos[f]], out[pos[k]], f_fk, occ, strength)
     return out

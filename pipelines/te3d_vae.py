@@ -68,6 +68,10 @@ class TemporalResBlock(nn.Module):
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
 
+    def is_identity(self) -> bool:
+        """True while the last conv is exactly zero (untrained): the block returns its input."""
+        return not (self.conv2.weight.any() or self.conv2.bias.any())
+
     def _conv(self, conv, h):
         p = self.kernel // 2
         if p:
@@ -110,6 +114,10 @@ class TemporalAttention(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
+    def is_identity(self) -> bool:
+        """True while the output projection is exactly zero (untrained): the layer returns its input."""
+        return not (self.proj.weight.any() or self.proj.bias.any())
+
     def forward(self, x):
         t = self.frames.n
         n, c, hh, ww = x.shape
@@ -125,7 +133,10 @@ class TemporalAttention(nn.Module):
 
 
 class _WithTemporal(nn.Module):
-    """``temporal(inner(x, *args))``; keeps the 2D block's call signature."""
+    """``temporal(inner(x, *args))``; keeps the 2D block's call signature.
+
+    Identity skip: outside training, a temporal layer whose last layer is exactly zero is not run at all,
+    so an untrained TE-3D decoder costs what the 2D decoder costs and returns bit-identical images."""
 
     def __init__(self, inner: nn.Module, temporal: nn.Module):
         super().__init__()
@@ -133,7 +144,10 @@ class _WithTemporal(nn.Module):
         self.temporal = temporal
 
     def forward(self, x, *args, **kwargs):
-        return self.temporal(self.inner(x, *args, **kwargs))
+        y = self.inner(x, *args, **kwargs)
+        if not self.training and self.temporal.is_identity():
+            return y
+        return self.temporal(y)
 
 
 class _SharedKVAttn(nn.Module):
@@ -234,6 +248,11 @@ class TE3DDecoder(nn.Module):
 
     def temporal_parameters(self):
         return [p for n, p in self.named_parameters() if _is_temporal(n)]
+
+    def is_identity(self) -> bool:
+        """True when every temporal layer is still zero-initialised (no trained weights): the decoder is
+        then exactly the 2D decoder (and skips the temporal layers, see ``_WithTemporal``)."""
+        return all(m.is_identity() for m in self.modules() if isinstance(m, (TemporalResBlock, TemporalAttention)))
 
     def forward(self, z):
         check_latents(z, "latent", min_frames=1)

@@ -14,17 +14,21 @@ Groups:
   diffir2vr  DiffIR2VR-Zero: latent warping, token merging, both
   distilled  DistilledSampler (4 trailing steps, denoise 0.5) per frame, and D2-VR's recurrent fast
              restore (flow-aligned previous restored frame, strength 0.5)
+  te3d       (not in the default run) DiffVSR's TE-3D decoder (TR_TE3DVAEDecode, temporal_weights auto: the weights shipped for the demo
+             VAE) against the 2D decode of the same per-frame / TDM-full latents. These rows are
+             ``(group, name, run, decode)``: ``decode(samples) -> [T,H,W,3]`` replaces ``vae.decode``.
 """
 from __future__ import annotations
 
-GROUPS = ("tdm", "zvrd", "diffir2vr", "distilled")
+GROUPS = ("tdm", "zvrd", "diffir2vr", "distilled", "te3d")
+DEFAULT_GROUPS = GROUPS[:4]  # te3d only when asked for: it re-samples rows of tdm to compare decoders
 # issue 23: the colour fixes evaluate.py --color applies to a restored row, as (label, method, temporal radius);
 # the reference is the degraded input (what a user has), as in the bundled workflows' TR_ColorMatch
 COLOR_FIXES = (("no colour fix", "none", 0), ("wavelet", "wavelet", 0), ("wavelet, temporal r=2", "wavelet", 2),
                ("adain", "adain", 0), ("adain, temporal r=2", "adain", 2))
 
 
-def configurations(ctx, groups=GROUPS):
+def configurations(ctx, groups=DEFAULT_GROUPS):
     """``ctx``: namespace with model, clip, vae, control, degraded ``[T,H,W,3]``, latent ``[T,4,h,w]``,
     task, steps, denoise, seed, radius, tt (``pipelines.train_tasks``). Returns ``[(group, name, run)]``."""
     import comfy.sample
@@ -121,4 +125,18 @@ def configurations(ctx, groups=GROUPS):
 
         rows += [("distilled", "DistilledSampler 4-step, per frame", lambda: sample(model, *fast_parts())),
                  ("distilled", "D2-VR fast restore (recurrent, 4-step)", recurrent)]
+    if "te3d" in groups:
+        from temporal_restore.nodes import te3d_vae
+
+        def te3d(samples):
+            path, why = te3d_vae.resolve_weights(ctx.vae, "auto")
+            if not path:
+                raise SystemExit(f"--groups te3d: {why}")
+            return te3d_vae.te3d_decode(ctx.vae, samples, "te3d", chunk=8, overlap=2, weights=path)
+
+        swm_te = sw_cfa.install_sw_cfa(model, "sw_cfa", ctx.radius)
+        rows += [("te3d", "2D decode (per-frame)", lambda: sample(model)),
+                 ("te3d", "TE-3D decode (per-frame)", lambda: sample(model), te3d),
+                 ("te3d", "2D decode (TDM full)", lambda: inverted(swm_te, prompt)),
+                 ("te3d", "TE-3D decode (TDM full)", lambda: inverted(swm_te, prompt), te3d)]
     return rows

@@ -55,14 +55,6 @@ def load_vae(path: str):
     return vae.first_stage_model.float().cpu().eval()
 
 
-def synthetic_clip(frames: int, size: int, seed: int) -> torch.Tensor:
-    """A smooth pattern translating one pixel per frame: ``[T, 3, size, size]`` in [0, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(1, 3, size // 4, size // 4, generator=g)
-    big = torch.nn.functional.interpolate(base, size=(size * 2, size * 2), mode="bilinear", align_corners=False)
-    return torch.cat([big[:, :, t:t + size, t:t + size] for t in range(frames)]).clamp(0, 1)
-
-
 def read_clip(path: str, frames: int, size: int) -> torch.Tensor:
     import av
     import numpy as np
@@ -89,36 +81,70 @@ def encode_raw(model, x01: torch.Tensor) -> tuple[torch.Tensor, torch.nn.Module,
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", required=True, help="checkpoint or VAE .safetensors holding the 2D VAE")
-    ap.add_argument("--out", required=True, help="output .safetensors (temporal layers only)")
+    ap.add_argument("--out", help="output .safetensors (temporal layers only, fp16)")
     ap.add_argument("--clips", nargs="*", default=[], help="training clips (video files); default: synthetic")
+    ap.add_argument("--synthetic", type=int, default=24, help="synthetic training clips when no --clips")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--temporal-weight", type=float, default=1.0)
-    ap.add_argument("--jitter", type=float, default=0.1, help="per-frame latent jitter (relative to latent std)")
+    ap.add_argument("--jitter", type=float, default=0.25,
+                    help="largest per-frame latent jitter (relative to the latent std); each step draws 0..jitter")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = bit-reproducible on CPU)")
+    ap.add_argument("--eval", metavar="WEIGHTS", nargs="?", const="", default=None,
+                    help="only measure: 2D vs TE-3D with WEIGHTS (default --out) on the held-out synthetic clips")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.frames < 2:
         ap.error("--steps must be >= 1 and --frames >= 2")
+    if args.eval is None and not args.out:
+        ap.error("--out is required unless --eval")
+    torch.set_num_threads(max(1, args.threads))
+    torch.use_deterministic_algorithms(True)
     te3d_vae = _pack()
+    from temporal_restore.pipelines import te3d_train
+
     torch.manual_seed(args.seed)
     vae = load_vae(args.checkpoint)
-    clips = [read_clip(p, args.frames, args.size) for p in args.clips] or [synthetic_clip(args.frames, args.size, args.seed)]
-    data = [encode_raw(vae, c) for c in clips]
-    model = te3d_vae.TE3DDecoder(data[0][1])
-    opt = te3d_vae.make_optimizer(model, args.lr)
-    g = torch.Generator().manual_seed(args.seed)
-    fixed = [z + args.jitter * z.std() * torch.randn(z.shape, generator=g) for z, _, _ in data]
-    for step in range(args.steps):
-        k = step % len(data)
-        stats = te3d_vae.train_step(model, opt, fixed[k], data[k][2], args.temporal_weight)
-        print(f"step {step} loss={stats['loss']:.6f} l1={stats['l1']:.6f} temporal={stats['temporal']:.6f}")
+    enc = lambda x: encode_raw(vae, x)[0]  # noqa: E731
+    dec2d = encode_raw(vae, torch.zeros(1, 3, 8, 8))[1]
+    model = te3d_vae.TE3DDecoder(dec2d)
+    taesd = hasattr(vae, "taesd_decoder")
+    to01 = (lambda y: y) if taesd else (lambda y: (y + 1) / 2)  # noqa: E731  (SD decoders return [-1, 1])
     import safetensors.torch
 
+    if args.eval is not None:
+        path = args.eval or args.out
+        te3d_vae.load_temporal_state_dict(model, {k: v.float() for k, v in safetensors.torch.load_file(path).items()},
+                                          source=path)
+        model.eval()
+        for s in (0.0, 0.1, 0.15, 0.25):
+            res = te3d_train.measure(enc, {"2d": lambda z: to01(dec2d(z)), "te3d": lambda z: to01(model(z))},
+                                     strength=s, frames=args.frames, size=args.size)
+            for name, r in res.items():
+                print(f"jitter {s:.2f} {name:5s} PSNR {r['psnr']:.2f} dB  warping error {r['warping_error']:.4f}  "
+                      f"flicker {r['flicker']:.4f}")
+        return 0
+    clips = [read_clip(p, args.frames, args.size) for p in args.clips] or \
+        te3d_train.training_clips(args.synthetic, args.frames, args.size, args.seed)
+    data = [encode_raw(vae, c)[::2] for c in clips]  # (latents, target)
+    opt = te3d_vae.make_optimizer(model, args.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
+    g = torch.Generator().manual_seed(args.seed)
+    for step in range(args.steps):
+        z, target = data[step % len(data)]
+        s = args.jitter * float(torch.rand((), generator=g))
+        stats = te3d_vae.train_step(model, opt, te3d_train.jitter(z, s, g), target, args.temporal_weight)
+        sched.step()
+        print(f"step {step} loss={stats['loss']:.6f} l1={stats['l1']:.6f} temporal={stats['temporal']:.6f}",
+              flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"
-    safetensors.torch.save_file({k: v.contiguous() for k, v in te3d_vae.temporal_state_dict(model).items()}, tmp)
+    meta = {"decoder_sha256": te3d_train.decoder_fingerprint(dec2d), "format": "te3d temporal layers",
+            "command": "scripts/train_te3d.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    safetensors.torch.save_file({k: v.to(torch.float16).contiguous()
+                                 for k, v in te3d_vae.temporal_state_dict(model).items()}, tmp, metadata=meta)
     os.replace(tmp, args.out)
     print(f"saved {args.out}")
     return 0

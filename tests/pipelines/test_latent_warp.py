@@ -108,3 +108,59 @@ def test_step_index_and_active_fraction():
     assert on == [True] * 3 + [False] * 7
     assert lw.active(0, 4, 0.01) and not lw.active(1, 4, 0.01)
     assert not any(lw.active(i, 10, 0.0) for i in range(10))
+
+
+def _gray_u8(frame):
+    import cv2
+    import numpy as np
+
+    a = np.clip(frame.numpy().astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY)
+
+
+def _cv2_dis(a, b):
+    """Naive reference: OpenCV DIS (medium) between the two frames themselves, [2,H,W]."""
+    import cv2
+
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    return torch.from_numpy(dis.calc(_gray_u8(a), _gray_u8(b), None)).permute(2, 0, 1).float()
+
+
+@pytest.fixture(scope="module")
+def moving_clip():
+    from temporal_restore.pipelines import synthetic
+
+    return synthetic.make_clip("coffee", frames=8, height=64, width=64, motion="pan", seed=3).frames
+
+
+def test_direct_keyframe_flow_is_estimated_between_the_two_frames(moving_clip):
+    from temporal_restore.pipelines.flow import estimate_flow
+
+    ff = estimate_flow(moving_clip)
+    ref = _cv2_dis(moving_clip[0], moving_clip[4])
+    direct = ff.between(0, 4, direct=True)[0]
+    chained = ff.between(0, 4)[0]
+    assert torch.allclose(direct, ref, atol=1e-5)
+    assert (chained - ref).abs().max() > 1e-2  # composing neighbour flows is a different flow
+    window = ff.select([2, 3, 4, 5])  # a sampled window: indices renumbered, same source frames
+    assert torch.allclose(window.between(0, 2, direct=True)[0], _cv2_dis(moving_clip[2], moving_clip[4]), atol=1e-5)
+
+
+def test_hierarchical_warp_uses_direct_keyframe_flows_by_default(moving_clip):
+    from temporal_restore.pipelines.flow import estimate_flow, fb_check, warp
+
+    ff = estimate_flow(moving_clip)
+    x0 = torch.randn(8, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+    idx = list(range(8))
+    out = lw.hierarchical_warp(x0, ff, idx, batch_size=10, keyframe_mode="middle")
+    k = lw.choose_keyframes(idx, 10, "middle", num_frames=8)[0]
+    ref = x0.clone()
+    for f in idx:  # naive Eq. 4 local step with flows computed frame -> keyframe by cv2
+        if f == k:
+            continue
+        fw, bw = _cv2_dis(moving_clip[f], moving_clip[k])[None], _cv2_dis(moving_clip[k], moving_clip[f])[None]
+        keep = 1 - fb_check(fw, bw)[0]
+        ref[f] = x0[f] + keep * (warp(x0[k][None], fw)[0] - x0[f])
+    assert torch.allclose(out, ref, atol=1e-4)
+    chained = lw.hierarchical_warp(x0, ff, idx, batch_size=10, keyframe_mode="middle", direct=False)
+    assert (chained - ref).abs().max() > 1e-2

@@ -51,6 +51,28 @@ def test_zero_init_equals_2d_taesd_from_checkpoint(taesd_decoder):
     assert (chunked - ref).abs().max() <= 1e-5
 
 
+def test_identity_skip_runs_no_temporal_layer(taesd_decoder):
+    """Untrained (zero-init) temporal layers are not run at all: same cost as the 2D decoder, bit-identical
+    output; a single trained layer is run (and only while its last layer is non-zero)."""
+    _, dec = taesd_decoder
+    te = te3d_vae.TE3DDecoder(dec).eval()
+    calls = []
+    temporal = [m for m in te.modules() if isinstance(m, (te3d_vae.TemporalResBlock, te3d_vae.TemporalAttention))]
+    for m in temporal:
+        m.register_forward_hook(lambda mod, args, out: calls.append(type(mod).__name__))
+    z = _z(4)
+    with torch.no_grad():
+        ref = dec(z)
+        out = te(z)
+    assert te.is_identity() and calls == []
+    assert torch.equal(out, ref)
+    with torch.no_grad():
+        temporal[0].conv2.bias.fill_(1e-3)
+        out = te(z)
+    assert not te.is_identity() and calls == ["TemporalResBlock"]
+    assert not torch.equal(out, ref)
+
+
 def test_trained_temporal_layers_mix_frames(taesd_decoder):
     _, dec = taesd_decoder
     te = te3d_vae.TE3DDecoder(dec)
@@ -110,7 +132,7 @@ def test_weights_roundtrip_and_mismatch(taesd_decoder, tmp_path):
 def test_train_script_few_steps(tiny, tmp_path):
     out = str(tmp_path / "te3d.safetensors")
     cmd = [sys.executable, os.path.join(REPO, "scripts", "train_te3d.py"), "--checkpoint", tiny["checkpoint_path"],
-           "--steps", "4", "--frames", "4", "--size", "32", "--out", out, "--seed", "1"]
+           "--steps", "4", "--frames", "4", "--size", "32", "--out", out, "--seed", "1", "--synthetic", "1"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("step")]
