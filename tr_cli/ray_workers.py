@@ -12,7 +12,9 @@
   through Ray's object store), and gets the restored frames back. Every result is saved at once in the state
   folder as ``done_<k>.npy`` (written to a temp name, fsynced, renamed: a file there is whole) and accepted
   once; the driver then blends, spools and commits segments in order exactly as a one-server run does
-  (tr_cli/stream.py), so both give the same frames. A rerun after the driver was killed resumes from the
+  (tr_cli/stream.py), so both give the same frames, given servers that compute alike: the same device and the
+  same number of math threads (the driver's ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` are passed to every worker
+  and its server; torch's CPU sums change in the last bit with the thread count). A rerun after the driver was killed resumes from the
   committed state and reuses every ``done_<k>.npy`` that was saved ahead of it.
 * Faults: a segment whose worker (actor or server) dies, or that fails, is queued again for a worker that
   has not tried it; a worker whose server no longer answers is retired. A segment that failed on every

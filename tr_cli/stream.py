@@ -30,6 +30,11 @@ How it works
   identical: ask for ``.mkv`` when the bytes must match.
   The state folder is removed unless ``--keep-state``.
 
+* Segments reach the restore through an executor (``InOrder``: one at a time, here). ``--ray`` plugs in
+  tr_cli/ray_workers.py's, which restores them in parallel on Ray workers (one ComfyUI each) and hands them
+  back in order; reading, blending, spooling, committing and resuming stay the ones above, so the frames are
+  the same.
+
 The run talks to ComfyUI over HTTP (same client as ``run``); there is no in-process backend.
 """
 from __future__ import annotations
