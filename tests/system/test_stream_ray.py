@@ -119,6 +119,30 @@ def test_ray_two_servers_equal_one_server(ray_address, server, second_server, ti
 
 @pytest.mark.server
 @pytest.mark.slow
+def test_ray_workers_start_their_own_servers_and_stop_them(ray_address, tmp_path):
+    """--workers-per-node 2: each worker starts a CPU ComfyUI (the embedded demo model: no test nodes needed),
+    the clip is restored whole, and both servers are gone when the run ends."""
+    import re
+    import urllib.request
+
+    inp = str(tmp_path / "in.mkv")
+    make_clip(inp, frames=6, audio=False)
+    out = str(tmp_path / "out.mkv")
+    steps = ["--set", "DDIM inversion (source prompt).steps=1", "--set", "DDIM restore (task prompt).steps=1"]
+    res = subprocess.run(_loud(stream_cmd(inp, out, "-w", "demo_restore", *steps, "--segment", "4", "--context", "1",
+                                          "--ray", ray_address, "--workers-per-node", "2", "--cpu")),
+                         cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert read_video(out)[0].shape == (6, 32, 32, 3)
+    urls = re.findall(r"w[01] (http://127\.0\.0\.1:\d+)", res.stderr.split("Ray workers:", 1)[-1].splitlines()[0])
+    assert len(set(urls)) == 2, res.stderr[-3000:]
+    for url in urls:
+        with pytest.raises(OSError):
+            urllib.request.urlopen(url + "/system_stats", timeout=5)
+
+
+@pytest.mark.server
+@pytest.mark.slow
 def test_ray_server_killed_mid_segment_is_retried_elsewhere(ray_address, server, tiny, clip_and_reference, tmp_path):
     """SIGKILL of one worker's server while it holds segment 1: the segment is redone by the other worker,
     the run completes, every frame once and equal to the one-server run."""
