@@ -268,6 +268,7 @@ class LocalServer:
         self.base = None
         self.proc = None
         self.device = None
+        self.die_with_parent = False  # set by a Ray worker: its server must not outlive it
 
     def _prepare(self) -> list[str]:
         import tempfile
@@ -303,7 +304,8 @@ class LocalServer:
             # its own session: a Ctrl-C in the terminal reaches the runner only, which then stops it in order
             with open(self.log_path, "w") as log:
                 self.proc = launch.start(self.command(extra), COMFY_DIR, log, lambda: client.ping(1), timeout,
-                                         "local ComfyUI", self.log_path, new_session=True)
+                                         "local ComfyUI", self.log_path, new_session=True,
+                                         die_with_parent=self.die_with_parent)
         except launch.LaunchError as e:
             self.keep = True  # the log says why
             raise RunnerError(str(e), EXIT_SERVER) from None

@@ -32,12 +32,14 @@ def server_command(python: str, port: int, base: str, extra=(), cpu: bool = True
 
 
 def start(cmd: list[str], comfy_dir: str, log, ready: Callable[[], bool], timeout: float, name: str = "ComfyUI",
-          log_path: str = "", new_session: bool = False) -> subprocess.Popen:
+          log_path: str = "", new_session: bool = False, die_with_parent: bool = False) -> subprocess.Popen:
     """Run ``cmd`` in ``comfy_dir`` with output to the open file ``log``; poll ``ready()`` (an HTTP ping)
     until it is true. Raises :class:`LaunchError` if the process exits first or ``timeout`` passes (the
-    process is then stopped)."""
+    process is then stopped). ``die_with_parent`` (Linux): the server gets SIGTERM when the thread that
+    started it dies, even by SIGKILL (a Ray worker killed with its job leaves no server behind)."""
     proc = subprocess.Popen(cmd, cwd=comfy_dir, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=new_session)
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=new_session,
+                            preexec_fn=_parent_death_signal if die_with_parent else None)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -47,6 +49,13 @@ def start(cmd: list[str], comfy_dir: str, log, ready: Callable[[], bool], timeou
         time.sleep(0.3)  # readiness poll of a starting process, not a synchronisation
     stop(proc, group=new_session)
     raise LaunchError(f"{name} not ready after {timeout}s (log: {log_path})")
+
+
+def _parent_death_signal() -> None:
+    """In the child before exec: prctl(PR_SET_PDEATHSIG, SIGTERM)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
 
 
 def stop(proc: subprocess.Popen | None, timeout: float = 15, group: bool = False) -> None:

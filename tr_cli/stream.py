@@ -30,6 +30,11 @@ How it works
   identical: ask for ``.mkv`` when the bytes must match.
   The state folder is removed unless ``--keep-state``.
 
+* Segments reach the restore through an executor (``InOrder``: one at a time, here). ``--ray`` plugs in
+  tr_cli/ray_workers.py's, which restores them in parallel on Ray workers (one ComfyUI each) and hands them
+  back in order; reading, blending, spooling, committing and resuming stay the ones above, so the frames are
+  the same.
+
 The run talks to ComfyUI over HTTP (same client as ``run``); there is no in-process backend.
 """
 from __future__ import annotations
@@ -60,7 +65,9 @@ def add_parser(sub) -> None:
                    help="restored video file, written atomically at the end: .mkv = lossless FFV1, else MP4 (H.264)")
     p.add_argument("-w", "--workflow", default=DEFAULT_WORKFLOW,
                    help=f"bundled workflow name or API JSON path (default {DEFAULT_WORKFLOW})")
-    p.add_argument("--server", help="URL of a running ComfyUI (default: start a local one)")
+    p.add_argument("--server", action="append", default=[],
+                   help="URL of a running ComfyUI (default: start a local one); with --ray, repeat it to use "
+                        "several running servers (one Ray worker each)")
     p.add_argument("--backend", choices=["comfy", "passthrough"], default="comfy",
                    help="comfy: restore through ComfyUI; passthrough: copy frames (I/O check)")
     p.add_argument("--segment", type=int, default=32, help="frames per segment, context included (default 32)")
@@ -75,6 +82,14 @@ def add_parser(sub) -> None:
                    help="override a workflow input (as in `run`)")
     p.add_argument("--quiet", action="store_true")
     add_server_options(p)
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="restore segments in parallel on a Ray cluster (ADDRESS, e.g. 10.0.0.5:6379 or auto; a "
+                        "local Ray when omitted), one ComfyUI per Ray worker (tr_cli/ray_workers.py); needs "
+                        "`pip install 'ray>=2.9'`")
+    p.add_argument("--workers-per-node", type=int, default=None, metavar="N",
+                   help="with --ray and no --server: ComfyUI servers started per Ray node (default: one per GPU, "
+                        "else 1)")
+    p.add_argument("--status", action="store_true", help="with --ray: print every worker's state as segments finish")
     p.add_argument("--throttle", type=float, default=0.0, help=argparse_suppress())
     p.set_defaults(func=main)
 
@@ -138,6 +153,8 @@ class Passthrough:
 class ComfyBackend:
     """Restores one segment per prompt through a ComfyUI server."""
 
+    die_with_parent = False  # a Ray worker's own server is stopped by the kernel if the worker is killed
+
     def __init__(self, args, fps: Fraction, work: str):
         from .run import model_sets
 
@@ -160,6 +177,7 @@ class ComfyBackend:
             models = list(args.models_dir) + ([os.path.join(REPO, "models")] if os.path.isdir(os.path.join(REPO, "models")) else [])
             self.local = LocalServer(os.path.join(REPO, ".host", "runner"), models_dirs=models,
                                      cpu=True if args.cpu else None, flags=server_flags(args))
+            self.local.die_with_parent = self.die_with_parent
             print(f"starting a local ComfyUI on 127.0.0.1:{self.local.port} ...", file=sys.stderr)
             self.client = Client(self.local.start())
         oinfo = preflight.object_info(self.client, self.base)
@@ -207,6 +225,67 @@ class ComfyBackend:
         finally:
             if self.local is not None:
                 self.local.stop()
+
+
+class InOrder:
+    """The default executor of segments: each one restored by ``backend`` in this process as it is read.
+
+    An executor has ``start()``, ``close()`` and ``run(segments)``: given the iterator of
+    ``(k, frames [n, H, W, 3] uint8, last)`` from :func:`read_segments`, it yields
+    ``(k, n, restored [n, H', W', 3], last)`` in segment order; the driver blends, spools and commits each
+    one before asking for the next (tr_cli/ray_workers.py: the same contract over Ray workers)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def start(self):
+        self.backend.start()
+
+    def run(self, segments):
+        for k, frames, last in segments:
+            yield k, len(frames), self.backend.restore(frames, k), last
+
+    def close(self):
+        self.backend.close()
+
+
+def read_segments(path: str, k: int, start: int, segment: int, context: int):
+    """``(k, frames [n, H, W, 3] uint8, last)`` for segment k (input frames ``[start, start + n)``) and every
+    later one; consecutive segments share ``context`` frames (only one segment of frames is held)."""
+    frames_iter = iter_frames(path, skip=start)
+    carry_in = []  # input frames shared with the previous segment (already read)
+    while True:
+        seg = list(carry_in)  # resuming: skip stopped at the segment start, context included
+        while len(seg) < segment:
+            nxt = next(frames_iter, None)
+            if nxt is None:
+                break
+            seg.append(nxt)
+        if not seg:
+            raise RunnerError(f"input {path} holds no decodable video frame", EXIT_USAGE)
+        peek = next(frames_iter, None)
+        yield k, np.stack(seg), peek is None
+        if peek is None:
+            return
+        carry_in = seg[len(seg) - min(context, len(seg)):] + [peek]
+        k += 1
+
+
+def segment_count(frames: int, segment: int, context: int) -> int:
+    """How many segments :func:`read_segments` cuts ``frames`` frames into (for progress displays)."""
+    return 1 if frames <= segment else 1 + -(-(frames - segment) // (segment - context))
+
+
+def make_executor(args, fps: Fraction, state_dir: str, info: dict):
+    if args.backend == "passthrough":
+        backend = Passthrough()
+    else:
+        backend = ComfyBackend(args, fps, state_dir)
+    if args.ray is None:
+        return InOrder(backend)
+    from .ray_workers import RayExecutor  # each Ray worker builds its own backend from the same arguments
+
+    return RayExecutor(args, fps, state_dir, segment_count(info["frames"], args.segment, args.context))
 
 
 # ------------------------------------------------------------------ state
@@ -265,9 +344,18 @@ def main(args) -> int:
     if args.context < 0 or (args.context > 0 and args.segment <= 2 * args.context):
         raise RunnerError(f"--context: expected 0 <= context < segment/2 ({args.segment}), got {args.context}", EXIT_USAGE)
     media.container_for(args.output)
+    servers = list(args.server or [])
+    for url in servers:
+        Client(url)  # a malformed URL is a usage error before anything else
+    if args.ray is None:
+        if len(servers) > 1 or args.workers_per_node is not None or args.status:
+            raise RunnerError("several --server, --workers-per-node and --status need --ray", EXIT_USAGE)
+    else:
+        from .ray_workers import check_args
+
+        check_args(args, servers)
+    args.servers, args.server = servers, (servers[0] if servers else None)
     check_server_flags(args)
-    if args.server:
-        Client(args.server)  # a malformed URL is a usage error before anything else
     info = probe(args.input)
     fps = Fraction(*info["fps"])
     output = os.path.abspath(args.output)
@@ -312,28 +400,15 @@ def main(args) -> int:
         f.truncate(committed)
     pending = np.load(os.path.join(state_dir, state["pending"])) if state["pending"] else None
 
-    backend = Passthrough() if args.backend == "passthrough" else ComfyBackend(args, fps, state_dir)
+    executor = make_executor(args, fps, state_dir, info)
     try:
-        backend.start()
+        executor.start()
         if not state["done"]:
-            frames_iter = iter_frames(args.input, skip=state["start"])
-            carry_in = []  # input frames shared with the previous segment (already read)
-            k, start = state["segment"], state["start"]
-            while True:
-                seg = list(carry_in)  # resuming: skip stopped at the segment start, context included
-                while len(seg) < args.segment:
-                    nxt = next(frames_iter, None)
-                    if nxt is None:
-                        break
-                    seg.append(nxt)
-                if not seg:
-                    raise RunnerError(f"input {args.input} holds no decodable video frame", EXIT_USAGE)
-                peek = next(frames_iter, None)
-                last = peek is None
-                inp = np.stack(seg)
-                res = backend.restore(inp, k)
-                if res.shape[0] != inp.shape[0]:
-                    raise RunnerError(f"segment {k}: restore returned {res.shape[0]} frames for {inp.shape[0]}", EXIT_FAILED)
+            start = state["start"]
+            segments = read_segments(args.input, state["segment"], start, args.segment, args.context)
+            for k, n, res, last in executor.run(segments):
+                if res.shape[0] != n:
+                    raise RunnerError(f"segment {k}: restore returned {res.shape[0]} frames for {n}", EXIT_FAILED)
                 res = res.astype(np.float32)
                 if pending is not None and len(pending):
                     p = min(len(pending), len(res))
@@ -353,26 +428,24 @@ def main(args) -> int:
                 old_pending = state["pending"]
                 if hold:  # named per segment: the committed state never points at a newer file
                     _atomic_npy(os.path.join(state_dir, f"pending_{k:05d}.npy"), pending)
-                start = start + len(seg) - hold
-                k += 1
-                state.update(segment=k, start=start, written=state["written"] + len(emit),
-                             pending=f"pending_{k - 1:05d}.npy" if hold else False, done=last)
+                start = start + n - hold
+                state.update(segment=k + 1, start=start, written=state["written"] + len(emit),
+                             pending=f"pending_{k:05d}.npy" if hold else False, done=last)
                 _atomic_json(state_path, state)
                 if old_pending and old_pending != state["pending"]:
                     os.remove(os.path.join(state_dir, old_pending))
-                if not args.quiet:
-                    print(f"segment {k}: {state['written']} frames restored", file=sys.stderr)
+                if not args.quiet and args.ray is None:
+                    print(f"segment {k + 1}: {state['written']} frames restored", file=sys.stderr)
                 if last:
                     break
                 if args.throttle:
                     time.sleep(args.throttle)
-                carry_in = seg[len(seg) - hold:] + [peek]
         info["fps"] = fps
         for note in encode_output(spool, state["written"], state["shape"][:2], fps,
                                   args.input if info["audio"] else None, output, info):
             print(f"note: {note}", file=sys.stderr)
     finally:
-        backend.close()
+        executor.close()
     if not args.keep_state:
         shutil.rmtree(state_dir, ignore_errors=True)
     print(f"wrote {args.output} ({state['written']} frames)")
