@@ -23,6 +23,8 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import Tensor
 
+from .flow import FlowField
+
 RAMPS = ("cosine", "linear")
 
 TensorOrList = Union[Tensor, Sequence[Tensor]]
@@ -173,3 +175,32 @@ def border_mask(tiles: Sequence[Tile], band: int, device=None) -> Tensor:
             if inner:
                 m[t.rows, max(edge - band, 0):edge + band] = True
     return m
+
+
+def crop_flow(flow: FlowField, tile: Tile) -> FlowField:
+    """The part of ``flow`` over ``tile``, in the tile's own coordinates (vectors unchanged: a
+    displacement is the same in full-frame and tile cells). ``flow`` is first resampled to the frame's
+    latent grid (``tile.height x tile.width``). Flows are measured on full frames, so motion across a
+    tile border is the true motion; a vector pointing out of the tile leaves it as it leaves the frame."""
+    full = flow.resized(tile.height, tile.width)
+    fields = dict(full._fields())
+    for k, v in full._tensors().items():
+        fields[k] = None if v is None else tile.crop(v)
+    fields["height"], fields["width"] = tile.h, tile.w
+    return FlowField(**fields)
+
+
+def flow_in_tile(flow: FlowField, tile: Tile | None, h: int, w: int) -> FlowField:
+    """``flow`` on an ``h x w`` grid (e.g. a UNet level's tokens) of ``tile``, or of the whole frame
+    when ``tile`` is None."""
+    return (flow if tile is None else crop_flow(flow, tile)).resized(h, w)
+
+
+def tile_padding(tile: Tile | None, bottom: int, right: int) -> tuple[int, int]:
+    """Padding cells at the bottom / right of the full frame that fall inside ``tile`` (the tile's
+    own bottom / right padding); unchanged when ``tile`` is None."""
+    if tile is None:
+        return int(bottom), int(right)
+    b = min(max(tile.y + tile.h - (tile.height - int(bottom)), 0), tile.h)
+    r = min(max(tile.x + tile.w - (tile.width - int(right)), 0), tile.w)
+    return b, r

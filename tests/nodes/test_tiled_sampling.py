@@ -132,3 +132,99 @@ def test_swcfa_invariants_per_tile(env):
     same = _sample(_tiled(env["model"]), env["pos"], env["neg"], lat, noise)
     same_sw = _sample(_tiled(sw.install_sw_cfa(env["model"], "sw_cfa", 2)), env["pos"], env["neg"], lat, noise)
     assert _rel(same_sw, same) <= 1e-5
+
+
+def _same_frames(env):
+    return env["latent"][:1].repeat(FRAMES, 1, 1, 1), env["noise"][:1].repeat(FRAMES, 1, 1, 1)
+
+
+def test_token_merge_invariants_per_tile(env):
+    """Token merging on tiles: ratio 0 == tiled stock; identical frames at ratio 1 == tiled stock
+    (merged attention over the keyframe equals per-frame attention); on a real clip it changes the result."""
+    from temporal_restore.nodes import token_merge as tm
+
+    def merged(model, ratio):
+        return _tiled(tm.install_token_merge(model, tm.TokenMergeConfig(None, ratio, chunk_size=FRAMES)))
+
+    base = _sample(_tiled(env["model"]), env["pos"], env["neg"], env["latent"], env["noise"])
+    assert torch.equal(_sample(merged(env["model"], 0.0), env["pos"], env["neg"], env["latent"], env["noise"]), base)
+    on = _sample(merged(env["model"], 0.75), env["pos"], env["neg"], env["latent"], env["noise"])
+    assert _rel(on, base) > 1e-3
+    lat, noise = _same_frames(env)
+    same = _sample(_tiled(env["model"]), env["pos"], env["neg"], lat, noise)
+    # ratio 1: only the keyframe's tokens are left (at 0.75 duplicated tokens would reweight the softmax)
+    assert _rel(_sample(merged(env["model"], 1.0), env["pos"], env["neg"], lat, noise), same) <= 1e-5
+
+
+def test_flow_window_is_cut_to_the_tile(env):
+    """Token merge / latent warp read a FLOW through flow_window: on a tile it is the tile's part of the
+    full-frame flow (tile-local coordinates), not the whole flow squeezed into the tile."""
+    import threading
+
+    from temporal_restore.nodes._flow_window import flow_window
+    from temporal_restore.pipelines import tiling
+
+    g = torch.Generator().manual_seed(1)
+    from temporal_restore.pipelines.flow import FlowField
+    fwd = torch.randn(FRAMES - 1, 2, H * 2, W * 2, generator=g)
+    z = torch.zeros(FRAMES - 1, 1, H * 2, W * 2)
+    holder = type("H", (), {})()
+    holder.flow = FlowField(forward=fwd, backward=-fwd, occlusion_fwd=z, occlusion_bwd=z, confidence_fwd=z + 1,
+                            confidence_bwd=z + 1, height=H * 2, width=W * 2)
+    holder._windows, holder._lock = {}, threading.Lock()
+    tile = tiling.tile_grid(H, W, TILE, OV)[-1]
+    win, lo = flow_window(holder, [0, 1, 2], 8, 8, torch.device("cpu"), tile)
+    assert lo == 0 and (win.height, win.width) == (8, 8)
+    # the full flow on the latent grid, cut to the tile (16x16 cells), then to the 8x8 token grid
+    cut = holder.flow.resized(H, W).forward[..., tile.rows, tile.cols]
+    assert torch.allclose(win.forward, tiling.crop_flow(holder.flow, tile).resized(8, 8).forward)
+    assert torch.allclose(tiling.crop_flow(holder.flow, tile).forward, cut)
+    whole, _ = flow_window(holder, [0, 1, 2], 8, 8, torch.device("cpu"))
+    assert not torch.allclose(whole.forward, win.forward, atol=1e-3)
+
+
+def test_slr_per_tile(env):
+    """SLR on tiles: identical frames before trajectories == tiled stock; with trajectories, each of the
+    6 tiles gets its own trajectories (x0 and flow cut to the tile), and the run stays finite."""
+    from temporal_restore.nodes import slr_attention
+
+    lat, noise = _same_frames(env)
+    same = _sample(_tiled(env["model"]), env["pos"], env["neg"], lat, noise)
+    m, state = slr_attention.install_slr(env["model"], trajectory_start=1.0)
+    out = _sample(_tiled(m), env["pos"], env["neg"], lat, noise)
+    assert state.trajectory_calls == 0 and _rel(out, same) <= 1e-5
+    m, state = slr_attention.install_slr(env["model"], trajectory_start=0.0)
+    regions = set()
+    record = state.trajectories
+
+    def spy(k, frame_index, chunk, hw, frame_key, region=None):
+        regions.add(region)
+        return record(k, frame_index, chunk, hw, frame_key, region)
+
+    state.trajectories = spy
+    out = _sample(_tiled(m), env["pos"], env["neg"], env["latent"], env["noise"], steps=2)
+    assert torch.isfinite(out).all() and state.trajectory_calls > 0
+    assert len(regions) == 6 and None not in regions
+
+
+def test_latent_warp_on_tiles_sees_full_frames(env):
+    """Latent warp is a post-CFG step: with tiling it still gets the whole frame (motion across tile
+    borders is not lost); fraction 0 == tiled stock."""
+    from temporal_restore.nodes import latent_warp as lw
+    from temporal_restore.nodes._patching import install_post_cfg
+
+    shapes = []
+
+    def probe(args, *rest, **kwargs):
+        shapes.append(tuple(args["denoised"].shape))
+        return args["denoised"]
+
+    def warped(fraction):
+        cfg = lw.LatentWarpConfig(None, fraction, FRAMES, "stride", 0, 1.0)
+        return _tiled(install_post_cfg(lw.install_latent_warp(env["model"], cfg), "test_probe", probe))
+
+    base = _sample(_tiled(env["model"]), env["pos"], env["neg"], env["latent"], env["noise"], steps=2)
+    off = _sample(warped(0.0), env["pos"], env["neg"], env["latent"], env["noise"], steps=2)
+    on = _sample(warped(1.0), env["pos"], env["neg"], env["latent"], env["noise"], steps=2)
+    assert torch.equal(off, base) and _rel(on, base) > 1e-3
+    assert shapes and set(shapes) == {(FRAMES, 4, H, W)}

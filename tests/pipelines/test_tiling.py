@@ -103,3 +103,63 @@ def test_border_mask_marks_inner_seams_only():
     m = tiling.border_mask(tiles, 2)
     assert not bool(m[:, :10].any()) and bool(m[:, 14:18].all())
     assert not bool(m[:, -2:].any())
+
+
+def _random_flow(T, h, w, seed):
+    from temporal_restore.pipelines.flow import FlowField
+
+    gen = torch.Generator().manual_seed(seed)
+    fwd, bwd = torch.randn(T - 1, 2, h, w, generator=gen) * 2, torch.randn(T - 1, 2, h, w, generator=gen) * 2
+    z, o = torch.zeros(T - 1, 1, h, w), torch.rand(T - 1, 1, h, w, generator=gen)
+    return FlowField(forward=fwd, backward=bwd, occlusion_fwd=z, occlusion_bwd=z, confidence_fwd=o,
+                     confidence_bwd=o, height=h, width=w)
+
+
+def test_crop_flow_keeps_vectors_in_tile_coordinates():
+    flow = _random_flow(3, 12, 16, 1)
+    tile = tiling.tile_grid(12, 16, 8, 2)[-1]
+    assert (tile.y, tile.x) == (4, 8)
+    c = tiling.crop_flow(flow, tile)
+    assert (c.height, c.width, c.num_frames) == (8, 8, 3)
+    assert torch.equal(c.forward, flow.forward[..., 4:12, 8:16])
+    assert torch.equal(c.confidence_bwd, flow.confidence_bwd[..., 4:12, 8:16])
+    # a flow measured at twice the latent size is first brought to the latent grid (vectors halved)
+    big = _random_flow(3, 24, 32, 2)
+    assert torch.allclose(tiling.crop_flow(big, tile).forward, big.resized(12, 16).forward[..., 4:12, 8:16])
+    assert tiling.flow_in_tile(flow, None, 6, 8).forward.shape == (2, 2, 6, 8)
+
+
+def test_tile_padding():
+    t = tiling.Tile(8, 8, 8, 8, 16, 16)
+    assert tiling.tile_padding(t, 3, 0) == (3, 0)
+    assert tiling.tile_padding(tiling.Tile(0, 0, 8, 8, 16, 16), 3, 3) == (0, 0)
+    assert tiling.tile_padding(None, 3, 2) == (3, 2)
+
+
+def test_slr_on_a_tile_equals_slr_on_the_cropped_clip():
+    """SLR's trajectory search on a tile sees the tile's part of the full-frame x0 and flow (tile-local
+    coordinates), the same as SLR run on the cropped clip; resizing the whole frame into the tile (no
+    region) gives another result."""
+    from temporal_restore.pipelines import slr_attention as slr
+
+    T, H, W, C, heads = 3, 12, 16, 8, 2
+    tile = tiling.tile_grid(H, W, 8, 2)[-1]
+    gen = torch.Generator().manual_seed(5)
+    x0 = torch.randn(T, 4, H, W, generator=gen)
+    q, k, v = (torch.randn(T, 64, C, generator=gen) for _ in range(3))
+    flow = _random_flow(T, H, W, 3)
+    args = dict(heads=heads, frame_index=[0, 1, 2], chunk=0, hw=(8, 8), progress=0.95, largest=True)
+
+    def run(input_flow, x0_rec, region):
+        layer = slr.SLRAttention(trajectory_start=0.5, x0_flow=False, input_flow=input_flow)
+        layer.new_run("r")
+        layer.record_x0(x0_rec, (0, 1, 2))
+        return layer(q, k, v, region=region, **args)
+
+    on_tile = run(flow, x0, tile)
+    cropped = run(tiling.crop_flow(flow, tile), tile.crop(x0), None)
+    squeezed = run(flow, x0, None)
+    torch.testing.assert_close(on_tile, cropped)
+    assert not torch.allclose(squeezed, on_tile, atol=1e-3)
+    with pytest.raises(ValueError, match="^region:"):
+        run(flow, x0[..., :10, :], tile)
