@@ -228,3 +228,40 @@ def test_latent_warp_on_tiles_sees_full_frames(env):
     on = _sample(warped(1.0), env["pos"], env["neg"], env["latent"], env["noise"], steps=2)
     assert torch.equal(off, base) and _rel(on, base) > 1e-3
     assert shapes and set(shapes) == {(FRAMES, 4, H, W)}
+
+
+def test_composes_with_the_chunker_and_ddim(env):
+    """The tiled model inside TR_ILTChunker (windows of 2 frames) and TR_DDIMInvert / Restore: one tile
+    == the untiled run; several tiles run, each window's tile calls carry the window's frame_index."""
+    import comfy.samplers
+
+    from temporal_restore.nodes import _chunked, ddim_invert
+    from temporal_restore.nodes._patching import install_attn1_patch, tr_options
+
+    def chunked(model):
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 2).cpu()
+        return _chunked.chunked_sample(model, env["pos"], env["neg"], {"samples": env["latent"].clone()}, 0, 2.0,
+                                       comfy.samplers.sampler_object("euler"), sigmas, window=2, overlap=1,
+                                       progress=False)["samples"]
+
+    one = _tiled(env["model"], tile=max(H, W) + 8, overlap=8)
+    assert _rel(chunked(one), chunked(env["model"])) <= 1e-6
+    latent = {"samples": env["latent"] * 2.0}
+    inv = ddim_invert.invert(env["model"], env["pos"], env["neg"], latent, steps=2, cfg=1.0, denoise=0.5)
+    inv_one = ddim_invert.invert(one, env["pos"], env["neg"], latent, steps=2, cfg=1.0, denoise=0.5)
+    assert _rel(inv_one["samples"], inv["samples"]) <= 1e-6
+    assert _rel(ddim_invert.restore(one, env["pos"], env["neg"], inv, steps=2, cfg=1.0)["samples"],
+                ddim_invert.restore(env["model"], env["pos"], env["neg"], inv, steps=2, cfg=1.0)["samples"]) <= 1e-6
+
+    seen = set()
+
+    def probe(n, context, value, extra_options, *args, **kwargs):
+        if extra_options["block"] == ("input", 1):
+            seen.add((tuple(tr_options(extra_options)["frame_index"]), _mods()[0].tile_of(extra_options)))
+        return n, context, value
+
+    m = _tiled(env["model"])
+    install_attn1_patch(m, "test_probe", probe)
+    assert torch.isfinite(chunked(m)).all()
+    windows = {f for f, _ in seen}
+    assert windows == {(0, 1), (1, 2)} and len(seen) == 2 * 6  # every window x every tile
