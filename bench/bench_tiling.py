@@ -19,9 +19,10 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
+
+import _comfy  # bench/ helper (this script's folder is on sys.path)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
@@ -45,9 +46,6 @@ def child(a) -> None:
     import logging
 
     logging.disable(logging.WARNING)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _comfy  # noqa: F401  (the bench helper: ComfyUI + the pack importable)
-
     sys.path.insert(0, TESTS)  # the in-process ComfyUI harness and the tiny models
     from harness import paths
     from harness.inprocess import ComfyHost
@@ -113,11 +111,7 @@ def run_child(a, tiled: bool) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--tiled", str(int(tiled)), "--width", str(a.width),
            "--height", str(a.height), "--frames", str(a.frames), "--steps", str(a.steps), "--tile", str(a.tile),
            "--overlap", str(a.overlap)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
-    if res.returncode != 0 or not lines:
-        raise SystemExit(f"child failed ({' '.join(cmd)}):\n{res.stderr[-3000:]}")
-    return json.loads(lines[-1][7:])
+    return _comfy.child_result(cmd)
 
 
 def main() -> None:

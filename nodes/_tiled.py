@@ -79,8 +79,9 @@ def crop_control(control, tile: tiling.Tile, memo: dict):
     return c
 
 
-def crop_cond(cond: dict, tile: tiling.Tile, size: tuple[int, int], controls: dict) -> dict:
-    """One processed cond dict restricted to ``tile`` of a ``size = (H, W)`` latent."""
+def crop_cond(cond: dict, tile: tiling.Tile, size: tuple[int, int], controls) -> dict:
+    """One processed cond dict restricted to ``tile`` of a ``size = (H, W)`` latent; ``controls(control)``
+    gives the tile's copy of a ControlNet (:func:`crop_control`, cached by the caller)."""
     import comfy.conds
 
     if "area" in cond:
@@ -97,31 +98,44 @@ def crop_cond(cond: dict, tile: tiling.Tile, size: tuple[int, int], controls: di
     if torch.is_tensor(mask) and tuple(mask.shape[-2:]) == size:
         out["mask"] = tile.crop(mask)
     if cond.get("control") is not None:
-        out["control"] = crop_control(cond["control"], tile, controls)
+        out["control"] = controls(cond["control"])
     return out
 
 
 class TiledSampling(Shared):
     """Settings (latent units) and the wrappers. ``tile`` side, ``overlap``, ``ramp`` kind.
-    Cropped ControlNet copies are cached per run and tile (their resized hint is reused each step)."""
+
+    Cropped ControlNet copies are cached per run, tile and ControlNet (their resized hint is reused every
+    step), at most ``CACHE`` of them: a chunked long clip has a ControlNet per window, and keeping every
+    window's copies would hold the whole clip's hints once more."""
+
+    CACHE = 64
 
     def __init__(self, tile: int, overlap: int, ramp: str = "cosine"):
-        tiling.tile_starts(max(int(tile) + 1, 2), int(tile), int(overlap))  # validates tile / overlap
+        if int(tile) < 1:
+            raise ValueError(f"tile: expected at least one latent cell, got {tile}")
+        if not 0 <= int(overlap) < int(tile):
+            raise ValueError(f"overlap: expected 0 <= overlap < tile ({tile}) latent cells, got {overlap}")
         if ramp not in tiling.RAMPS:
             raise ValueError(f"ramp: expected one of {tiling.RAMPS}, got {ramp!r}")
         self.tile, self.overlap, self.ramp = int(tile), int(overlap), ramp
-        self._run, self._controls = None, {}
+        self._run, self._controls = None, {}  # (tile, id(control)) -> (control, its cropped copy)
 
-    def _controls_for(self, key, tile):
-        if key != self._run:
+    def _cropped_control(self, run, tile, control):
+        if run != self._run:
             self.cleanup()
-            self._run = key
-        return self._controls.setdefault(tile, {})
+            self._run = run
+        key = (tile, id(control))
+        hit = self._controls.get(key)
+        if hit is None or hit[0] is not control:
+            if len(self._controls) >= self.CACHE:
+                self._controls.pop(next(iter(self._controls)))[1].cleanup()
+            hit = self._controls[key] = (control, crop_control(control, tile, {}))
+        return hit[1]
 
     def cleanup(self):
-        for memo in self._controls.values():
-            for c in memo.values():
-                c.cleanup()
+        for _, copy in self._controls.values():
+            copy.cleanup()
         self._controls = {}
 
     def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options, *args, **kwargs):
@@ -130,7 +144,7 @@ class TiledSampling(Shared):
         key = (run_key(to), size)
 
         def per_tile(crop, tile):
-            controls = self._controls_for(key, tile)
+            controls = lambda control: self._cropped_control(key, tile, control)  # noqa: E731
             tconds = [None if c is None else [crop_cond(d, tile, size, controls) for d in c] for c in conds]
             mo = dict(model_options)
             mo["transformer_options"] = {**to, NAMESPACE: {**tr_options(to), TILE: tile}}
