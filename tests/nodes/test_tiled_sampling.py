@@ -265,3 +265,19 @@ def test_composes_with_the_chunker_and_ddim(env):
     assert torch.isfinite(chunked(m)).all()
     windows = {f for f, _ in seen}
     assert windows == {(0, 1), (1, 2)} and len(seen) == 2 * 6  # every window x every tile
+
+
+def test_token_merge_flow_matching_per_tile(env):
+    """Flow-guided token merging on tiles: with identical frames and a zero FLOW, ratio 1 == tiled stock;
+    each tile gets its own flow-guided plan (the plan cache is keyed by tile)."""
+    from flow_helpers import translation_flow
+
+    from temporal_restore.nodes import token_merge as tm
+
+    lat, noise = _same_frames(env)
+    same = _sample(_tiled(env["model"]), env["pos"], env["neg"], lat, noise)
+    cfg = tm.TokenMergeConfig(translation_flow(FRAMES, H * 8, W * 8, 0.0), 1.0, chunk_size=FRAMES,
+                              down_blocks="flow", up_blocks="flow")
+    out = _sample(_tiled(tm.install_token_merge(env["model"], cfg)), env["pos"], env["neg"], lat, noise)
+    assert _rel(out, same) <= 1e-5
+    assert len({key[-1] for key in cfg._plans}) == 6 and None not in {key[-1] for key in cfg._plans}
