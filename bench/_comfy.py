@@ -20,3 +20,16 @@ def setup():
         mod = importlib.util.module_from_spec(spec)
         sys.modules["temporal_restore"] = mod
         spec.loader.exec_module(mod)
+
+
+def child_result(cmd, env=None) -> dict:
+    """Run a bench child process ``cmd`` and parse its last ``RESULT {json}`` line of stdout (SystemExit with
+    the child's stderr when it fails or prints none)."""
+    import json
+    import subprocess
+
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
+    if res.returncode != 0 or not lines:
+        raise SystemExit(f"child failed ({' '.join(cmd)}):\n{res.stderr[-3000:]}")
+    return json.loads(lines[-1][7:])

@@ -19,9 +19,10 @@ import importlib.util
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
+
+from _comfy import child_result  # bench/ helper (this script's folder is on sys.path)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
@@ -123,11 +124,7 @@ def run_child(frames, steps, mode="fused", noise="rescheduled", carry=True, blen
     if carry:
         cmd.append("--carry")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
-    if res.returncode != 0 or not lines:
-        raise SystemExit(f"child failed ({' '.join(cmd)}):\n{res.stderr[-3000:]}")
-    return json.loads(lines[-1][7:])
+    return child_result(cmd, env)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from ..pipelines import slr_attention as slr
 from ._checks import UNET_FAMILIES, check_family
 from ._patching import (Shared, chunk_layout, clone_with_options, fallback_attention, frame_index,
                         install_attn1_replace, install_post_cfg)
+from ._tiled import tile_of
 from ._types import FLOW
 from ._zvrd import rgb_factors, run_key, step_progress
 
@@ -83,7 +84,8 @@ class SLRPatch(Shared):
         given = list(extra_options.get("cond_or_uncond") or [0])
         labels = [given[c] if c < len(given) else c for c in range(n_chunks)]
         return self.state(q, k, v, heads, idx, chunk=labels, hw=hw,
-                          progress=progress if progress is not None else 0.0, largest=largest)
+                          progress=progress if progress is not None else 0.0, largest=largest,
+                          region=tile_of(extra_options))
 
 
 class X0Recorder(Shared):

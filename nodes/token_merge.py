@@ -18,6 +18,8 @@ from ._patching import (Shared, chunk_layout, clone_with_options, frame_index, i
 from ._checks import UNET_FAMILIES, check_family, check_flow
 from ._types import FLOW
 from ._flow_window import flow_window
+from ._tiled import tile_of
+from ..pipelines.tiling import tile_padding
 from ._keyframe_inputs import keyframe_plan_inputs
 
 log = logging.getLogger("temporal_restore")
@@ -64,8 +66,8 @@ class TokenMergeConfig(Shared):
         """Eq. 8 with i_beg / i_end given as fractions of the run's steps."""
         return tm.merge_ratio(step, self.ratio, self.anneal_start * n_steps, self.anneal_end * n_steps, self.delta)
 
-    def flow_window(self, idx, h, w, device):
-        return flow_window(self, idx, h, w, device)
+    def flow_window(self, idx, h, w, device, tile=None):
+        return flow_window(self, idx, h, w, device, tile)
 
     @property
     def pending(self):
@@ -114,22 +116,24 @@ def token_merge_attn1_patch(n, context, value, extra_options, *args, **kwargs):
     if frames < 2:
         return n, context, value
     idx = frame_index(extra_options, frames)
+    tile = tile_of(extra_options)  # TR_TiledSampling: flows and padding in the tile's coordinates
     mode = cfg.up_blocks if block[0] == "output" else cfg.down_blocks
     flow = None
     if mode == "flow":
         if cfg.flow is None:
             mode = "cosine"
         else:
-            win, lo = cfg.flow_window(idx, h, w, n.device)
+            win, lo = cfg.flow_window(idx, h, w, n.device, tile)
 
             def flow(a, b, _win=win, _lo=lo):
                 return _win.between(a - _lo, b - _lo)
-    valid = tm.valid_token_mask(h, w, orig[2], orig[3], cfg.pad_bottom // 8, cfg.pad_right // 8)
+    pad_b, pad_r = tile_padding(tile, cfg.pad_bottom // 8, cfg.pad_right // 8)
+    valid = tm.valid_token_mask(h, w, orig[2], orig[3], pad_b, pad_r)
     if valid is not None:
         valid = valid.to(n.device)
     plan_key = None
     if mode == "flow":
-        plan_key = (h, w, n_chunks, tuple(idx), round(r, 6), str(n.device))
+        plan_key = (h, w, n_chunks, tuple(idx), round(r, 6), str(n.device), tile)
         plan = cfg._plans.get(plan_key)
     else:
         plan = None

@@ -56,6 +56,7 @@ from .checks import check_latents, check_unit
 from .early_stop import schedule_progress  # noqa: F401  (re-exported for the node side)
 from .flow import FlowField, estimate_flow
 from .sw_cfa import sdpa_attention
+from .tiling import flow_in_tile
 
 log = logging.getLogger("temporal_restore")
 
@@ -429,11 +430,14 @@ class SLRAttention:
         self._cache = {k: v for k, v in self._cache.items() if k[0] != frame_key or k[1] == self._version}
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _derived(self, frame_key, frame_index, h, w):
+    def _derived(self, frame_key, frame_index, h, w, region=None):
         ver, x0 = self._x0[frame_key]
-        rkey = (frame_key, ver, "rgb", h, w)
+        rkey = (frame_key, ver, "rgb", h, w, region)
         if rkey not in self._cache:
-            rgb = latent_to_rgb(x0, self.rgb_factors, self.rgb_bias)
+            if region is not None and tuple(x0.shape[-2:]) != (region.height, region.width):
+                raise ValueError(f"region: expected a tile of the {tuple(x0.shape[-2:])} x0 estimate, got a "
+                                 f"{region.height}x{region.width} frame")
+            rgb = latent_to_rgb(x0 if region is None else region.crop(x0), self.rgb_factors, self.rgb_bias)
             if rgb.shape[-2:] != (h, w):
                 rgb = F.interpolate(rgb, size=(h, w), mode="area" if h <= rgb.shape[-2] else "bilinear")
             self._cache[rkey] = rgb
@@ -444,25 +448,26 @@ class SLRAttention:
                 lat = latent_to_rgb(x0, self.rgb_factors, self.rgb_bias)
                 self._cache[fkey] = preview_flow(lat) if lat.shape[0] > 1 else None
             fl = self._cache[fkey]
-            if fl is not None:
-                flows.append(fl.resized(h, w))
+            if fl is not None:  # measured on the full frame, cut to the tile: motion across its border is kept
+                flows.append(flow_in_tile(fl, region, h, w))
         if self.input_flow is not None:
-            ikey = ("input", tuple(frame_index), h, w)
+            ikey = ("input", tuple(frame_index), h, w, region)
             if ikey not in self._cache:
-                self._cache[ikey] = self.input_flow.select(list(frame_index)).resized(h, w)
+                self._cache[ikey] = flow_in_tile(self.input_flow.select(list(frame_index)), region, h, w)
             flows.append(self._cache[ikey])
         return ver, self._cache[rkey], flows
 
-    def trajectories(self, k: Tensor, frame_index, chunk, hw, frame_key) -> Optional[Tensor]:
-        """Trajectories ``[T,T,N]`` for this step (computed once per step and chunk, reused by every
-        largest-resolution block of the step)."""
+    def trajectories(self, k: Tensor, frame_index, chunk, hw, frame_key, region=None) -> Optional[Tensor]:
+        """Trajectories ``[T,T,N]`` for this step (computed once per step, chunk and tile, reused by every
+        largest-resolution block of the step). ``region``: the tile (``pipelines.tiling.Tile``) the
+        tokens cover when sampling is tiled; x0 and flows are cut to it (tile-local coordinates)."""
         if frame_key not in self._x0:
             return None
         h, w = hw
-        ver, rgb, flows = self._derived(frame_key, frame_index, h, w)
-        tkey = (frame_key, ver, "traj", chunk, h, w)
+        ver, rgb, flows = self._derived(frame_key, frame_index, h, w, region)
+        tkey = (frame_key, ver, "traj", chunk, h, w, region)
         if tkey not in self._cache:
-            traj, counts = self.tracker.select(k, rgb, flows, key=(frame_key, chunk, h, w))
+            traj, counts = self.tracker.select(k, rgb, flows, key=(frame_key, chunk, h, w, region))
             for kd, c in counts.items():
                 self.stats[kd] += c
             self._cache[tkey] = traj
@@ -470,9 +475,11 @@ class SLRAttention:
 
     # -- the layer -------------------------------------------------------------------------------
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, heads: int, frame_index: Sequence[int],
-                 chunk: Hashable, hw: tuple[int, int], progress: float, largest: bool) -> Tensor:
+                 chunk: Hashable, hw: tuple[int, int], progress: float, largest: bool, region=None) -> Tensor:
         """``q, k, v [n*T, N, C]``: ``n`` CFG chunks of the ``T`` frames of ``frame_index``; ``chunk``
-        is the chunk's label, or a list of ``n`` labels (trajectories are kept per label)."""
+        is the chunk's label, or a list of ``n`` labels (trajectories are kept per label). ``region``: the
+        tile (``pipelines.tiling.Tile``) of a tiled run, the tokens then cover only that part of the
+        recorded full-frame x0."""
         check_flow_covers(self.input_flow, frame_index)
         labels = list(chunk) if isinstance(chunk, list) else [chunk]
         qhat = cross_neighbour_attention(q, k, v, heads, frame_index, self.attention, chunks=len(labels))
@@ -483,7 +490,7 @@ class SLRAttention:
         outs = []
         for c, label in enumerate(labels):
             sl = slice(c * T, (c + 1) * T)
-            traj = self.trajectories(k[sl], frame_index, label, hw, frame_key)
+            traj = self.trajectories(k[sl], frame_index, label, hw, frame_key, region)
             if traj is None:
                 return qhat
             self.trajectory_calls += 1

@@ -40,7 +40,10 @@ def thumbnail(browser: Browser, url: str, name: str, dst: str, width: int, viewp
     """Draw one workflow and save its thumbnail; returns the errors the page logged while loading it."""
     with open(os.path.join(WORKFLOWS, f"{name}.json")) as f:
         workflow = json.load(f)
-    store_settings(url, {**RETURNING_USER_SETTINGS, **ComfyPage.CLEAN_VIEW_SETTINGS})
+    # the picture is of the graph: the page's "Missing Models" dialog (loaders carry download metadata and this
+    # server has no models) would cover it
+    store_settings(url, {**RETURNING_USER_SETTINGS, **ComfyPage.CLEAN_VIEW_SETTINGS,
+                         "Comfy.Workflow.ShowMissingModelsWarning": False})
     page = browser.new_page(*viewport)
     try:
         page.goto(url)
