@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -41,12 +42,13 @@ CACHE = os.environ.get("TR_BENCH_CACHE", os.path.join(REPO, ".host", "bench-cach
 WORK = os.path.join(REPO, ".host", "bench-work")
 CLIP_FILE = os.path.join(REPO, "samples", "sample_clip_noisy.mp4")
 
-# workflow -> (sampling node ids, {node id: {input: value}} step cuts ("S" = --steps), cfg)
+# workflow (a "_gN" suffix: a variant of the workflow) -> (sampling node ids, {node id: {input: value}} step cuts ("S" = --steps), cfg)
 WORKFLOWS = {
     "diffir2vr": (["12"], {"12": {"steps": "S"}}, 5.0),
     "tdm": (["7", "8"], {"7": {"steps": "S"}, "8": {"steps": "S"}}, 1.0),
     "zvrd": (["18"], {"17": {"steps": "S"}}, 4.0),
     "fast": (["10"], {}, 1.5),
+    "fast_g4": (["10"], {"10": {"group": 4}}, 1.5),  # fast_restore with TR_RecurrentRestore group 4 (batched)
     "long_clip": (["9"], {"9": {"steps": "S"}}, 4.0),
 }
 NOT_COUNTED = {"CheckpointLoaderSimple", "ControlNetLoader", "LoadVideo", "GetVideoComponents", "ImageScale",
@@ -68,7 +70,7 @@ def _source(prompt: dict, size: int, frames: int) -> None:
 
 
 def pack_prompt(name: str, size: int, frames: int, steps: int, models: dict) -> dict:
-    with open(os.path.join(REPO, "workflows", "api", f"{name}_restore.json")) as f:
+    with open(os.path.join(REPO, "workflows", "api", f"{re.sub(r'_g[0-9]+$', '', name)}_restore.json")) as f:
         prompt = json.load(f)
     for node in prompt.values():
         ins = node["inputs"]
