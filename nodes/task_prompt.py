@@ -16,6 +16,9 @@ ControlNet applied here is frame-aligned instead:
   the same frames as the latents (re-prepared whenever the window changes);
 * anything else raises ValueError naming ``image`` rather than silently pairing wrong frames.
 
+The ControlNet file is loaded once and kept in a small pack-level cache (nodes/_model_cache.py,
+keyed by path + mtime + size): re-running with another prompt or strength reads no file.
+
 Only this node's ControlNet is aligned; ControlNets chained before it (``previous_controlnet``)
 keep the stock behaviour.
 """
@@ -28,6 +31,7 @@ from comfy_api.latest import io
 
 from ..pipelines import tasks
 from ._checks import check_frames
+from ._model_cache import load_cached
 from ._patching import resolve_frame_index, tr_options
 
 log = logging.getLogger("temporal_restore")
@@ -183,7 +187,8 @@ class TaskPromptControlNet(io.ComfyNode):
         if path is None:
             raise ValueError(f"control_net_name: no file {control_net_name!r} in ComfyUI's controlnet model folders "
                              f"({', '.join(folder_paths.get_folder_paths('controlnet'))})")
-        control_net = comfy.controlnet.load_controlnet(path)
+        # cached by path + mtime + size: a changed prompt or setting re-runs this node but reads no file
+        control_net = load_cached(path, comfy.controlnet.load_controlnet)
         if control_net is None:
             raise ValueError(f"control_net_name: {control_net_name!r} is not a valid ControlNet file")
         if clip is None:

@@ -226,7 +226,9 @@ class TokenMerge(io.ComfyNode):
                                        "token and the tokens merged into it (this pack's earlier default)."),
                 io.Combo.Input("levels", options=list(tm.LEVELS), default="top2", optional=True,
                                tooltip="top2: merge only at the two highest resolutions, never in the middle block "
-                                       "(official code). all: every self-attention layer (earlier default). With "
+                                       "(official code). all: every self-attention layer (earlier default). auto: the top2 "
+                                       "layers with at least 64 tokens per frame (merging smaller grids costs more than "
+                                       "it saves; equals top2 at 256 px and more). With "
                                        "replace / top2 / chunk 10 middle the demo model's token-merging row went from "
                                        "PSNR 24.47, warping error 0.0331, flicker 0.0075 to 24.43, 0.0330, 0.0073 "
                                        "(scripts/evaluate.py --groups diffir2vr)."),

@@ -53,7 +53,12 @@ Tensor = torch.Tensor
 
 MATCH_MODES = ("flow", "cosine")
 MERGE_MODES = ("replace", "mean")
-LEVELS = ("top2", "all")
+LEVELS = ("top2", "all", "auto")
+#: ``levels="auto"``: fewest tokens per frame at which merging is worth its matching + merge + unmerge.
+#: Measured per self-attention layer (projections + SDPA, 8 frames, CFG, chunk 4 / 10, r 0.75, one
+#: thread): 16 tokens x 320 ch 1.47x / 1.16x stock (merging costs more than it saves), 64 x 320 0.92x /
+#: 0.72x, 64 x 640 0.66x, 256 x 640 0.64x / 0.57x, 1024 x 320 0.81x / 0.88x.
+AUTO_MIN_TOKENS = 64
 
 
 def merge_level(block, h: int, w: int, latent_h: int, latent_w: int, levels: str = "top2") -> bool:
@@ -62,11 +67,15 @@ def merge_level(block, h: int, w: int, latent_h: int, latent_w: int, levels: str
 
     ``"top2"`` (official DiffIR2VR-Zero / VidToMe code, ``max_downsample = 2``): only grids downsampled at
     most 2x (SD1.5: the two highest resolutions, 4 of the down and 6 of the up attention layers) and never
-    the middle block. ``"all"``: every layer (this pack's earlier behaviour)."""
+    the middle block. ``"all"``: every layer (this pack's earlier behaviour). ``"auto"``: the ``"top2"`` layers
+    whose grid has at least :data:`AUTO_MIN_TOKENS` tokens per frame (below that merging costs more than
+    the attention it saves; at SD1.5 shapes of 256 px and more ``"auto"`` equals ``"top2"``)."""
     if levels not in LEVELS:
         raise ValueError(f"levels: expected one of {LEVELS}, got {levels!r}")
     if levels == "all":
         return True
+    if levels == "auto" and int(h) * int(w) < AUTO_MIN_TOKENS:
+        return False
     if block is not None and block[0] == "middle":
         return False
     downsample = max(-(-int(latent_h) // max(1, int(h))), -(-int(latent_w) // max(1, int(w))))

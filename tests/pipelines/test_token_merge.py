@@ -180,3 +180,19 @@ def test_tiled_cosine_matches_equal_reference(h, w, R, seed, pad):
     d2 = ((i1 // w - p // w) ** 2 + (i1 % w - p % w) ** 2).float()
     wgt = torch.exp(-torch.floor(d2 / R)) if R > 0 else (d2 == 0).float()
     assert torch.allclose((cos * wgt)[fin], s2[fin], atol=1e-5)
+
+
+def test_auto_levels_skip_grids_below_the_token_floor():
+    """levels="auto": the top2 layers, minus grids with fewer than AUTO_MIN_TOKENS tokens per frame."""
+    floor = tm.AUTO_MIN_TOKENS
+    side = int(floor ** 0.5)
+    # a 8x8 latent: level 1 (8x8 = 64 tokens) merges, level 2 (4x4 = 16) is skipped; top2 merges both
+    assert tm.merge_level(("input", 1), side, side, side, side, "auto")
+    assert not tm.merge_level(("input", 4), side // 2, side // 2, side, side, "auto")
+    assert tm.merge_level(("input", 4), side // 2, side // 2, side, side, "top2")
+    # at SD1.5 sizes (32x32 and 64x64 latents) auto equals top2 on every grid
+    for lat in (32, 64):
+        for ds in (1, 2, 4, 8):
+            for block in (("input", 1), ("middle", 0), ("output", 9)):
+                g = lat // ds
+                assert tm.merge_level(block, g, g, lat, lat, "auto") == tm.merge_level(block, g, g, lat, lat, "top2")
