@@ -80,7 +80,7 @@ def test_shared_keyframe_plan(total, comfy_host):
     assert (warp_cfg.batch_size, warp_cfg.keyframe_mode) == (merge_cfg.chunk_size, merge_cfg.keyframe_mode) == (10, "middle")
     schema = {i.id: getattr(i, "default", None) for i in lw_node.LatentWarp.define_schema().inputs}
     assert (schema["batch_size"], schema["keyframe_mode"]) == (10, "middle")
-    assert schema["fraction"] == lw.DEFAULT_FRACTION and lw.PUBLISHED_FRACTION == 0.1
+    assert schema["fraction"] == lw.DEFAULT_FRACTION == lw.PUBLISHED_FRACTION == 0.1
     schema = {i.id: getattr(i, "default", None) for i in tm_node.TokenMerge.define_schema().inputs}
     assert (schema["chunk_size"], schema["keyframe_mode"], schema["merge_mode"], schema["levels"]) == \
         (10, "middle", "replace", "top2")
