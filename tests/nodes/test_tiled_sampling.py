@@ -111,6 +111,16 @@ def test_install_twice_replaces_and_original_untouched(env):
     assert model.model_options == before
 
 
+def test_area_conditioning_is_refused_by_name_and_untiled_sampling_still_takes_it(env):
+    """ConditioningSetArea's box is in whole-frame latent cells, which a tile cannot honour: refused with a message
+    naming the input and the alternative; the same conditioning samples untiled (the refusal is the tiling's)."""
+    area = [[t, {**d, "area": (8, 8, 0, 0), "strength": 1.0, "set_area_to_bounds": False}] for t, d in env["pos"]]
+    with pytest.raises(ValueError, match=r"^conditioning: area conditioning .*ConditioningSetMask"):
+        _sample(_tiled(env["model"]), area, env["neg"], env["latent"], env["noise"])
+    out = _sample(env["model"], area, env["neg"], env["latent"], env["noise"])
+    assert out.shape == env["latent"].shape and torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("tile_size,overlap,name", [(100, 8, "tile_size"), (32, 8, "tile_size"),
                                                     (128, 12, "overlap"), (128, 128, "overlap")])
 def test_bad_sizes_name_the_input(env, tile_size, overlap, name):
