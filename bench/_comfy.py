@@ -33,3 +33,16 @@ def child_result(cmd, env=None) -> dict:
     if res.returncode != 0 or not lines:
         raise SystemExit(f"child failed ({' '.join(cmd)}):\n{res.stderr[-3000:]}")
     return json.loads(lines[-1][7:])
+
+
+def tiny_model_and_prompts(host, checkpoint: str):
+    """(model, vae, positive, negative): the tiny checkpoint loaded through ``host`` (a tests.harness ComfyHost)
+    with "a clean photo" / "" encoded by its CLIP, as both the tiling and long-clip benches start."""
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a clean photo", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+    }
+    out = host.run(prompt, outputs=["1", "2", "3"])["outputs"]
+    model, _, vae = out["1"]
+    return model, vae, out["2"][0], out["3"][0]

@@ -22,7 +22,7 @@ import resource
 import sys
 import time
 
-from _comfy import child_result  # bench/ helper (this script's folder is on sys.path)
+from _comfy import child_result, tiny_model_and_prompts  # bench/ helper (this script's folder is on sys.path)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
@@ -64,14 +64,7 @@ def child(a) -> None:
     from temporal_restore.pipelines import ilt, metrics, te3d_vae
     import comfy.samplers
 
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a clean photo", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-    }
-    out = host.run(prompt, outputs=["1", "2", "3"])["outputs"]
-    model, _, vae = out["1"]
-    pos, neg = out["2"][0], out["3"][0]
+    model, vae, pos, neg = tiny_model_and_prompts(host, tiny["checkpoint"])
     if a.patch == "sw_cfa":  # cross-frame attention over the whole window: frames agree inside a window
         from temporal_restore.nodes.sw_cfa import install_sw_cfa
 

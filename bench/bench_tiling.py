@@ -62,14 +62,7 @@ def child(a) -> None:
     from temporal_restore.nodes import sw_cfa, tiled_sampling
     from temporal_restore.pipelines import metrics, synthetic, tiling
 
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a clean photo", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-    }
-    out = host.run(prompt, outputs=["1", "2", "3"])["outputs"]
-    model, _, vae = out["1"]
-    pos, neg = out["2"][0], out["3"][0]
+    model, vae, pos, neg = _comfy.tiny_model_and_prompts(host, tiny["checkpoint"])
     model = sw_cfa.install_sw_cfa(model, "sw_cfa", 3)
     if a.tiled:
         model = tiled_sampling.TiledSampling.execute(model, a.tile, a.overlap, "cosine").result[0]
