@@ -9,7 +9,7 @@ What a run guarantees:
 * SIGINT, SIGTERM and SIGHUP: the prompt is interrupted, a local server stopped, no output written,
   exit 128 + signal number.
 * Faithful output: the restored frames come back losslessly (PNG) and are encoded here at the input's
-  exact size (TR_MatchSize), with the input's audio stream and frame timestamps (tr_cli/media.py).
+  exact size times the workflow's whole output scale (TR_MatchSize scale auto: 4x super-resolution stays 4x), with the input's audio stream and frame timestamps (tr_cli/media.py).
 """
 from __future__ import annotations
 
@@ -70,6 +70,26 @@ def model_sets(args, prompt: dict, name: str) -> list[str]:
                               f"{field}), so there is nothing to replace", EXIT_USAGE)
         sets.append(f"{title}.{field}={value}")
     return sets
+
+
+def check_family(args, prompt: dict, name: str, models_dirs: list[str]) -> None:
+    """Refuse at once (before a local server boots) a workflow built for another family than the embedded
+    SD1.5 demo model when no --checkpoint replaces its checkpoint and no --models-dir holds the file it names:
+    the message names the workflow, the family and the flag. A --server run is checked by the server."""
+    from .ui_format import FAMILY_LABELS, MODEL_SOURCES
+
+    fam = workflows.family(prompt)
+    if fam in (None, "sd15") or args.checkpoint or args.server:
+        return
+    ckpt = next(prompt[n]["inputs"]["ckpt_name"] for n in workflows.find(prompt, "Checkpoint")
+                if isinstance(prompt[n]["inputs"].get("ckpt_name"), str))
+    if any(os.path.isfile(os.path.join(d, "checkpoints", ckpt)) for d in models_dirs):
+        return
+    label = FAMILY_LABELS[fam]
+    raise RunnerError(f"workflow {name} needs an {label} checkpoint ({ckpt}, from {MODEL_SOURCES[ckpt][0]}), which no "
+                      f"--models-dir holds; the embedded demo model is SD1.5 and cannot stand in for it: pass "
+                      f"--checkpoint FILE (an {label} checkpoint) and --models-dir DIR holding checkpoints/FILE",
+                      EXIT_USAGE)
 
 
 def start_client(args, models_dirs: list[str]):
@@ -235,6 +255,7 @@ def main(args) -> int:
         raise RunnerError(f"output folder {out_dir} is not writable", EXIT_USAGE)
 
     models = list(args.models_dir) + ([DEMO_MODELS] if os.path.isdir(DEMO_MODELS) else [])
+    check_family(args, base_prompt, args.workflow, models)
     tag = uuid.uuid4().hex
     client, local = start_client(args, models)
     prompt_id = None

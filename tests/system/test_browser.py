@@ -30,6 +30,7 @@ import pytest
 import requests
 
 from harness import paths
+from harness.fixtures import link_models
 from media_clips import excerpt_clip
 from harness.browser import RETURNING_USER_SETTINGS, Browser, BrowserError, ComfyPage, store_settings
 from tr_cli import ui_format, workflows
@@ -164,9 +165,11 @@ def test_chromium_sees_the_frontend(browser, server):
 
 
 @pytest.mark.parametrize("name", sorted(API))
-def test_workflow_in_browser(name, browser, server, clip_name, object_info, tiny):
+def test_workflow_in_browser(name, browser, server, clip_name, object_info, tiny_by_family):
     ui_path = os.path.join(UI_DIR, f"{name}.json")
     assert os.path.exists(ui_path), f"{ui_path} missing: run scripts/regen.py"
+    tiny = tiny_by_family[workflows.family(workflows.load(name)) or "sd15"]  # the tiny build of its family
+    link_models(server.base, tiny)
     workflow, api = adapt(json.load(open(ui_path)), workflows.load(name), object_info, clip_name, tiny)
     want_types = sorted(n["type"] for n in workflow["nodes"])
 

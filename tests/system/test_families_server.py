@@ -15,6 +15,7 @@ import os
 
 import pytest
 
+from harness.fixtures import TINY_FAMILY_BUILDS, link_models
 from harness.prompt import Graph, out
 
 pytestmark = pytest.mark.server
@@ -22,18 +23,11 @@ FRAMES = 4
 
 
 @pytest.fixture(scope="module")
-def fam_server(server, comfy_host):
-    import tiny_families
-
+def fam_server(server, tiny_by_family):
     names = {}
-    for family in ("x4", "sdxl"):
-        info = tiny_families.build(os.path.join(comfy_host.base, "models"), family)
-        names[family] = info
-        for kind, sub in (("checkpoint", "checkpoints"), ("controlnet", "controlnet")):
-            if kind in info:
-                dst = os.path.join(server.base, "models", sub, info[kind])
-                if not os.path.lexists(dst):
-                    os.symlink(info[f"{kind}_path"], dst)
+    for family, build in TINY_FAMILY_BUILDS.items():
+        names[build] = tiny_by_family[family]
+        link_models(server.base, names[build])
     return server, names
 
 

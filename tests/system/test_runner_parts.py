@@ -22,12 +22,27 @@ REPO = paths.REPO
 
 # ------------------------------------------------------------------ TR_MatchSize
 
-def _size_prompt(w_in, h_in, w_ref, h_ref, method):
+def _size_prompt(w_in, h_in, w_ref, h_ref, method, **extra):
     return {
         "1": {"class_type": "EmptyImage", "inputs": {"width": w_in, "height": h_in, "batch_size": 3, "color": 0x804020}},
         "2": {"class_type": "EmptyImage", "inputs": {"width": w_ref, "height": h_ref, "batch_size": 1, "color": 0}},
-        "3": {"class_type": "TR_MatchSize", "inputs": {"images": ["1", 0], "reference": ["2", 0], "method": method}},
+        "3": {"class_type": "TR_MatchSize", "inputs": {"images": ["1", 0], "reference": ["2", 0], "method": method,
+                                                       **extra}},
     }
+
+
+def test_match_size_auto_scale_keeps_a_super_resolution_scale(comfy_host):
+    """scale 0 (the runner's): a 4x output of a 101x77 input (cropped to multiples of 8 on the way) goes to 404x308,
+    not back to 101x77; a restore's crop (96x72) goes to 101x77; scale 2 is taken as given."""
+    for (wi, hi), scale, want in (((384, 288), 0, (308, 404)), ((416, 320), 0, (308, 404)), ((96, 72), 0, (77, 101)),
+                                  ((96, 72), 2, (154, 202))):
+        (out,) = comfy_host.run(_size_prompt(wi, hi, 101, 77, "bicubic", scale=scale), outputs=["3"])["outputs"]["3"]
+        assert tuple(out.shape[1:3]) == want, (wi, hi, scale)
+    from temporal_restore.pipelines import size_match
+
+    assert size_match.output_scale(512, 384, 64, 48) == 8 and size_match.output_scale(40, 40, 64, 48) == 1
+    with pytest.raises(ValueError, match="size"):
+        size_match.output_scale(0, 4, 4, 4)
 
 
 @pytest.mark.parametrize("method", ["area", "bicubic", "bilinear", "crop_or_pad"])
