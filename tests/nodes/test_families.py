@@ -232,6 +232,43 @@ def test_token_merge_per_family(fam, family):
     assert _close(_sample(full, d, family, identical=True), _sample(model, d, family, identical=True), 1e-4)
 
 
+# ------------------------------------------------------------------- pixel sizes on each latent grid
+def test_pixel_inputs_and_flow_follow_each_familys_latent_grid(fam, caplog):
+    """Token-merge padding (pixels) becomes latent rows at the family's factor (8 for the 8x VAEs, 1 for the
+    x4 upscaler, whose latent is the low-res frames' grid): 4 px of padding is refused on SD1.5 (half a latent
+    row) and excludes 4 rows on the x4 build, changing what is merged. A flow estimated on the x4's low-res
+    frames with grid 'full' is on its latent grid; the 1/8 grid is 8x coarser and the patch says so."""
+    import logging
+
+    from temporal_restore.nodes import flow as flow_node
+    from temporal_restore.nodes import latent_warp
+
+    checks, _, _, tmn, _ = _mods()
+    assert {f: checks.latent_factor(fam[f]["model"], "TR_X") for f in FAMILIES} == \
+        {"sd15": 8, "sd2": 8, "sdxl": 8, "sd_x4": 1}
+    args = dict(ratio=0.5, chunk_size=FRAMES, keyframe_mode="middle", seed=0, anneal_start=0.0, anneal_end=0.0,
+                delta=1.0, radius=4.0, down_blocks="cosine", up_blocks="cosine", levels="all")
+    with pytest.raises(ValueError, match=r"^pad_bottom: expected a multiple of 8 pixels"):
+        tmn.TokenMerge.execute(fam["sd15"]["model"], None, pad_bottom=4, **args)
+    d = fam["sd_x4"]
+    outs = [_sample(tmn.TokenMerge.execute(d["model"], None, pad_bottom=p, **args).result[0], d, "sd_x4")
+            for p in (0, 4)]
+    assert (outs[0] - outs[1]).abs().max().item() > 1e-4, "4 px of x4 padding (4 latent rows) changed nothing"
+
+    _, _, image = _inputs()
+    frames = ((image + 1) / 2).movedim(1, -1).contiguous()  # the low-res frames [T, 16, 16, 3] the x4 conditions on
+    for grid, warned in (("full", False), ("latent (1/8)", True)):
+        flow = flow_node.FlowEstimate.execute(frames, "dis", "medium", "", 8, grid).result[0]
+        assert (flow.height, flow.width) == ((LAT, LAT) if grid == "full" else (LAT // 8, LAT // 8))
+        caplog.clear()
+        m = latent_warp.install_latent_warp(d["model"], latent_warp.LatentWarpConfig(flow, 0.5, FRAMES, "middle", 0, 1.0))
+        with caplog.at_level(logging.WARNING, logger="temporal_restore"):
+            out = _sample(m, d, "sd_x4")
+        assert torch.isfinite(out).all()
+        said = any("coarser than the" in r.getMessage() and "'full'" in r.getMessage() for r in caplog.records)
+        assert said == warned, (grid, [r.getMessage() for r in caplog.records])
+
+
 # ---------------------------------------------------------------------------------- nodes and refusals
 def test_family_refusals_name_the_family_and_what_is_supported(fam):
     checks, _, _, _, distilled = _mods()
