@@ -5,18 +5,15 @@ stock, cond and uncond never mixed, every transformer_index of a block reached),
 on each family run there, the ones that do not refuse with a message naming the family."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 FRAMES, LAT = 3, 16
 FAMILIES = ("sd15", "sd2", "sdxl", "sd_x4")
-BUILD = {"sd2": "sd21v", "sdxl": "sdxl", "sd_x4": "x4"}
 
 
 @pytest.fixture(scope="module")
-def fam(comfy_host, tiny):
+def fam(tiny_by_family):
     """{family: {"model", "clip", "vae", "pos", "neg", "controlnet"?}} loaded with the stock loader."""
     import comfy.controlnet
     import comfy.sd
@@ -27,10 +24,7 @@ def fam(comfy_host, tiny):
     tiny_families.register()
     out = {}
     for family in FAMILIES:
-        if family == "sd15":
-            info = dict(tiny)
-        else:
-            info = tiny_families.build(os.path.join(comfy_host.base, "models"), BUILD[family])
+        info = dict(tiny_by_family[family])
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(info["checkpoint_path"])
         d = {"model": model, "clip": clip, "vae": vae, "info": info}
         if info.get("controlnet_path"):
