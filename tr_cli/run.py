@@ -72,26 +72,6 @@ def model_sets(args, prompt: dict, name: str) -> list[str]:
     return sets
 
 
-def check_family(args, prompt: dict, name: str, models_dirs: list[str]) -> None:
-    """Refuse at once (before a local server boots) a workflow built for another family than the embedded
-    SD1.5 demo model when no --checkpoint replaces its checkpoint and no --models-dir holds the file it names:
-    the message names the workflow, the family and the flag. A --server run is checked by the server."""
-    from .ui_format import FAMILY_LABELS, MODEL_SOURCES
-
-    fam = workflows.family(prompt)
-    if fam in (None, "sd15") or args.checkpoint or args.server:
-        return
-    ckpt = next(prompt[n]["inputs"]["ckpt_name"] for n in workflows.find(prompt, "Checkpoint")
-                if isinstance(prompt[n]["inputs"].get("ckpt_name"), str))
-    if any(os.path.isfile(os.path.join(d, "checkpoints", ckpt)) for d in models_dirs):
-        return
-    label = FAMILY_LABELS[fam]
-    raise RunnerError(f"workflow {name} needs an {label} checkpoint ({ckpt}, from {MODEL_SOURCES[ckpt][0]}), which no "
-                      f"--models-dir holds; the embedded demo model is SD1.5 and cannot stand in for it: pass "
-                      f"--checkpoint FILE (an {label} checkpoint) and --models-dir DIR holding checkpoints/FILE",
-                      EXIT_USAGE)
-
-
 def start_client(args, models_dirs: list[str]):
     """(Client, LocalServer or None); the caller stops the local server in its `finally`."""
     if args.server:
@@ -255,7 +235,7 @@ def main(args) -> int:
         raise RunnerError(f"output folder {out_dir} is not writable", EXIT_USAGE)
 
     models = list(args.models_dir) + ([DEMO_MODELS] if os.path.isdir(DEMO_MODELS) else [])
-    check_family(args, base_prompt, args.workflow, models)
+    preflight.check_family(args, base_prompt, args.workflow, models)
     tag = uuid.uuid4().hex
     client, local = start_client(args, models)
     prompt_id = None

@@ -217,3 +217,29 @@ def test_rgb_inputs_go_to_the_host_as_an_exact_rgb24_copy(tmp_path):
     assert {f.format.name for f in got} == {"rgb24"}
     assert np.array_equal(np.stack([f.to_ndarray() for f in got]), want)
     assert not media.needs_host_copy({"pix_fmt": "yuv420p"}) and not media.needs_host_copy({"pix_fmt": "rgb24"})
+
+
+# ------------------------------------------------------------------ family check before a local server
+
+def test_family_check_passes_when_the_file_is_there_or_replaced(tmp_path):
+    """preflight.check_family refuses only what would fail: an x4 workflow runs when a --models-dir holds its
+    checkpoint, when --checkpoint replaces it, or against a --server (the server checks); SD1.5 ones always pass."""
+    import argparse
+
+    from tr_cli import preflight, workflows
+    from tr_cli.client import RunnerError
+
+    def args(**kw):
+        return argparse.Namespace(**{"checkpoint": None, "server": None, **kw})
+
+    x4 = workflows.load("x4_vsr_restore")
+    with pytest.raises(RunnerError, match=r"^workflow x4_vsr_restore needs an SD x4 upscaler checkpoint"):
+        preflight.check_family(args(), x4, "x4_vsr_restore", [str(tmp_path)])
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "x4-upscaler-ema.safetensors").write_bytes(b"")
+    preflight.check_family(args(), x4, "x4_vsr_restore", [str(tmp_path)])
+    preflight.check_family(args(checkpoint="mine.safetensors"), x4, "x4_vsr_restore", [])
+    preflight.check_family(args(server="http://127.0.0.1:9"), x4, "x4_vsr_restore", [])
+    preflight.check_family(args(), workflows.load("tdm_restore"), "tdm_restore", [])
+    assert workflows.family(x4) == "sd_x4" and workflows.family(workflows.load("demo_restore")) is None
+
