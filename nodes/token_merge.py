@@ -55,15 +55,20 @@ class TokenMergeConfig(Shared):
         self.keyframe_mode, self.seed = keyframe_mode, int(seed)
         self.anneal_start, self.anneal_end, self.delta = float(anneal_start), float(anneal_end), float(delta)
         self.radius, self.down_blocks, self.up_blocks = float(radius), down_blocks, up_blocks
-        f = int(latent_factor)  # image pixels per latent cell (nodes/_checks.LATENT_PIXELS of the model's family)
-        for name, pad in (("pad_bottom", pad_bottom), ("pad_right", pad_right)):
-            if int(pad) % f:  # padding is removed on the latent grid: a partial latent row cannot be
-                raise ValueError(f"{name}: expected a multiple of {f} pixels (one latent cell), got {pad}")
         self.pad_bottom, self.pad_right = int(pad_bottom), int(pad_right)
-        self.pad_cells = (int(pad_bottom) // f, int(pad_right) // f)  # (bottom, right) on the latent grid
+        self.set_latent_factor(latent_factor)
         self._windows, self._plans = {}, {}
         self._lock = threading.Lock()
         self._local = threading.local()
+
+    def set_latent_factor(self, factor: int) -> None:
+        """Padding (image pixels) as latent cells at ``factor`` image pixels per cell (nodes/_checks.LATENT_PIXELS
+        of the model's family); called before the config is installed on a model."""
+        f = int(factor)
+        for name, pad in (("pad_bottom", self.pad_bottom), ("pad_right", self.pad_right)):
+            if pad % f:  # padding is removed on the latent grid: a partial latent row cannot be
+                raise ValueError(f"{name}: expected a multiple of {f} pixels (one latent cell), got {pad}")
+        self.pad_cells = (self.pad_bottom // f, self.pad_right // f)  # (bottom, right) on the latent grid
 
     def ratio_at(self, step: int, n_steps: int) -> float:
         """Eq. 8 with i_beg / i_end given as fractions of the run's steps."""
@@ -245,10 +250,10 @@ class TokenMerge(io.ComfyNode):
                 seed=0, anneal_start=0.0, anneal_end=1.0, delta=1.0, radius=4.0, down_blocks="flow",
                 up_blocks="cosine", merge_mode="replace", levels="top2", pad_bottom=0, pad_right=0) -> io.NodeOutput:
         check_flow(flow, "flow")
-        check_family(model, UNET_FAMILIES, "TR_TokenMerge")
         cfg = TokenMergeConfig(flow, ratio, chunk_size, keyframe_mode, seed, anneal_start, anneal_end, delta, radius,
-                               down_blocks, up_blocks, pad_bottom, pad_right, merge_mode, levels,
-                               latent_factor(model, "TR_TokenMerge"))
+                               down_blocks, up_blocks, pad_bottom, pad_right, merge_mode, levels, latent_factor=1)
+        check_family(model, UNET_FAMILIES, "TR_TokenMerge")
+        cfg.set_latent_factor(latent_factor(model, "TR_TokenMerge"))  # padding on this family's latent grid
         return io.NodeOutput(install_token_merge(model, cfg))
 
 
