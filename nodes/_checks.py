@@ -129,6 +129,22 @@ def model_family(model: Any) -> str:
     return type(cfg).__name__
 
 
+#: image pixels per latent cell, per family, of the frames a latent is made from: the 8x KL VAE of SD1.5 / 2.x /
+#: SDXL; the SD x4 upscaler's latent is the low-resolution frames' own grid (SD_4XUpscale_Conditioning builds it
+#: at pixels x scale_ratio / 4, scale_ratio 4 being the model's; its VAE then decodes 4x)
+LATENT_PIXELS = {"sd15": 8, "sd2": 8, "sdxl": 8, "sd_x4": 1}
+
+
+def latent_factor(model: Any, node: str) -> int:
+    """Image pixels per latent cell for ``model``'s family (``LATENT_PIXELS``), for inputs given in pixels
+    (padding, tile sizes); a family the pack has no factor for is refused naming it."""
+    fam = model_family(model)
+    if fam not in LATENT_PIXELS:
+        raise ValueError(f"model: {node} reads pixel sizes on the latent grid of {', '.join(FAMILY_LABELS.values())} "
+                         f"models; got a {FAMILY_LABELS.get(fam, fam)} model")
+    return LATENT_PIXELS[fam]
+
+
 def check_family(model: Any, supported, node: str, name: str = "model", discrete: bool = False) -> str:
     """``model``'s family is in ``supported`` (names of ``FAMILIES``); returns the family. The error
     names the node, the family given and the families the node supports. ``discrete``: the model's

@@ -160,16 +160,17 @@ class TiledSampling(Shared):
         return executor(model, shape, *args, **kwargs)
 
 
-def latent_tile_settings(tile_size, overlap) -> tuple[int, int]:
-    """The node's pixel inputs as latent cells (``/ 8``), checked: ``tile_size`` a multiple of 8 of at
-    least 64 pixels, ``overlap`` a multiple of 8 below ``tile_size``."""
+def latent_tile_settings(tile_size, overlap, factor: int = 8) -> tuple[int, int]:
+    """The node's pixel inputs as latent cells (``/ factor``, image pixels per latent cell:
+    nodes/_checks.LATENT_PIXELS), checked: ``tile_size`` a multiple of 8 of at least 64 pixels, ``overlap``
+    a multiple of 8 below ``tile_size``."""
     for name, v, lo in (("tile_size", tile_size, 64), ("overlap", overlap, 0)):
         if int(v) != v or int(v) < lo or int(v) % 8:
-            raise ValueError(f"{name}: expected a multiple of 8 pixels of at least {lo} (the latent grid is 1/8 "
+            raise ValueError(f"{name}: expected a multiple of 8 pixels of at least {lo} (the latent grid is 1/{factor} "
                              f"of the image), got {v!r}")
     if int(overlap) >= int(tile_size):
         raise ValueError(f"overlap: expected fewer pixels than tile_size ({tile_size}), got {overlap}")
-    return int(tile_size) // 8, int(overlap) // 8
+    return int(tile_size) // factor, int(overlap) // factor
 
 
 def install_tiled_sampling(model, tile: int, overlap: int, ramp: str = "cosine"):

@@ -54,8 +54,11 @@ class FlowEstimate(io.ComfyNode):
                              tooltip="Also estimate direct flows between keyframes 0, s, 2s, ... (0 = none). Match the "
                                      "latent warp batch size with keyframe_mode 'stride' to use them directly."),
                 io.Combo.Input("grid", options=list(GRIDS), default=GRIDS[0],
-                               tooltip="Grid the flow is stored on. 'latent (1/8)' keeps memory at 1/64 of full size "
-                                       "(the patches work on the latent grid); vectors are rescaled accordingly."),
+                               tooltip="Grid the flow is stored on (the patches resample it to the grid they sample "
+                                       "on, vectors rescaled). 'latent (1/8)' is the latent grid of an 8x VAE (SD1.5, "
+                                       "2.x, SDXL) on the frames it encodes, at 1/64 of full-size memory. SD x4 "
+                                       "upscaler: its latent is the low-res frames' own grid: estimate on them with "
+                                       "'full' (a coarser flow is upsampled, and the patches log a warning)."),
             ],
             outputs=[FLOW.Output(display_name="flow")],
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..pipelines import tiling
+from ._checks import latent_factor
 from ._tiled import install_tiled_sampling, latent_tile_settings
 
 
@@ -25,7 +26,7 @@ class TiledSampling(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model to tile (a patched clone is returned). Put it after the "
                                                  "temporal patches (SW-CFA, SLR, token merge, latent warp)."),
                 io.Int.Input("tile_size", default=512, min=64, max=8192, step=8,
-                             tooltip="Tile side in image pixels (multiple of 8): the model's own resolution works "
+                             tooltip="Tile side in image pixels (multiple of 8; SD x4 upscaler: pixels of the low-res frames): the model's own resolution works "
                                      "best (512 for SD1.5). A tile at least as large as the frame means no tiling."),
                 io.Int.Input("overlap", default=64, min=0, max=8184, step=8,
                              tooltip="Overlap of neighbouring tiles in image pixels (multiple of 8, below "
@@ -38,7 +39,7 @@ class TiledSampling(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, tile_size=512, overlap=64, ramp="cosine") -> io.NodeOutput:
-        tile, ov = latent_tile_settings(tile_size, overlap)
+        tile, ov = latent_tile_settings(tile_size, overlap, latent_factor(model, "TR_TiledSampling"))
         return io.NodeOutput(install_tiled_sampling(model, tile, ov, ramp))
 
 

@@ -15,7 +15,7 @@ from ..pipelines import latent_warp as lw
 from ..pipelines import token_merge as tm
 from ._patching import (Shared, chunk_layout, clone_with_options, frame_index, install_attn1_output_patch,
                         install_attn1_patch, tr_options)
-from ._checks import UNET_FAMILIES, check_family, check_flow
+from ._checks import UNET_FAMILIES, check_family, check_flow, latent_factor
 from ._types import FLOW
 from ._flow_window import flow_window
 from ._tiled import tile_of
@@ -33,7 +33,8 @@ class TokenMergeConfig(Shared):
 
     def __init__(self, flow=None, ratio=0.75, chunk_size=lw.DEFAULT_BATCH, keyframe_mode=lw.DEFAULT_KEYFRAME_MODE,
                  seed=0, anneal_start=0.0, anneal_end=1.0, delta=1.0, radius=4.0, down_blocks="flow",
-                 up_blocks="cosine", pad_bottom=0, pad_right=0, merge_mode="replace", levels="top2"):
+                 up_blocks="cosine", pad_bottom=0, pad_right=0, merge_mode="replace", levels="top2",
+                 latent_factor=8):
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"ratio: expected a value in [0,1], got {ratio}")
         if chunk_size < 1:
@@ -54,13 +55,20 @@ class TokenMergeConfig(Shared):
         self.keyframe_mode, self.seed = keyframe_mode, int(seed)
         self.anneal_start, self.anneal_end, self.delta = float(anneal_start), float(anneal_end), float(delta)
         self.radius, self.down_blocks, self.up_blocks = float(radius), down_blocks, up_blocks
-        for name, pad in (("pad_bottom", pad_bottom), ("pad_right", pad_right)):
-            if int(pad) % 8:  # padding is removed on the 1/8 latent grid: a partial latent row cannot be
-                raise ValueError(f"{name}: expected a multiple of 8 pixels (the latent grid), got {pad}")
         self.pad_bottom, self.pad_right = int(pad_bottom), int(pad_right)
+        self.set_latent_factor(latent_factor)
         self._windows, self._plans = {}, {}
         self._lock = threading.Lock()
         self._local = threading.local()
+
+    def set_latent_factor(self, factor: int) -> None:
+        """Padding (image pixels) as latent cells at ``factor`` image pixels per cell (nodes/_checks.LATENT_PIXELS
+        of the model's family); called before the config is installed on a model."""
+        f = int(factor)
+        for name, pad in (("pad_bottom", self.pad_bottom), ("pad_right", self.pad_right)):
+            if pad % f:  # padding is removed on the latent grid: a partial latent row cannot be
+                raise ValueError(f"{name}: expected a multiple of {f} pixels (one latent cell), got {pad}")
+        self.pad_cells = (self.pad_bottom // f, self.pad_right // f)  # (bottom, right) on the latent grid
 
     def ratio_at(self, step: int, n_steps: int) -> float:
         """Eq. 8 with i_beg / i_end given as fractions of the run's steps."""
@@ -127,7 +135,7 @@ def token_merge_attn1_patch(n, context, value, extra_options, *args, **kwargs):
 
             def flow(a, b, _win=win, _lo=lo):
                 return _win.between(a - _lo, b - _lo)
-    pad_b, pad_r = tile_padding(tile, cfg.pad_bottom // 8, cfg.pad_right // 8)
+    pad_b, pad_r = tile_padding(tile, *cfg.pad_cells)
     valid = tm.valid_token_mask(h, w, orig[2], orig[3], pad_b, pad_r)
     if valid is not None:
         valid = valid.to(n.device)
@@ -217,7 +225,8 @@ class TokenMerge(io.ComfyNode):
                                tooltip="Matching in UNet up (output) blocks: cosine (paper) or flow."),
                 io.Int.Input("pad_bottom", default=0, min=0, max=4096, step=8,
                              tooltip="Padding (image pixels) added at the bottom before sampling; those tokens are "
-                                     "excluded from matching."),
+                                     "excluded from matching. Pixels of the frames the latent was made from: 8 per "
+                                     "latent row (SD1.5/2.x/SDXL VAE); SD x4 upscaler: the low-res frames, 1 per row."),
                 io.Int.Input("pad_right", default=0, min=0, max=4096, step=8,
                              tooltip="Padding (image pixels) added at the right; excluded from matching."),
                 io.Combo.Input("merge_mode", options=list(tm.MERGE_MODES), default="replace", optional=True,
@@ -242,8 +251,9 @@ class TokenMerge(io.ComfyNode):
                 up_blocks="cosine", merge_mode="replace", levels="top2", pad_bottom=0, pad_right=0) -> io.NodeOutput:
         check_flow(flow, "flow")
         cfg = TokenMergeConfig(flow, ratio, chunk_size, keyframe_mode, seed, anneal_start, anneal_end, delta, radius,
-                               down_blocks, up_blocks, pad_bottom, pad_right, merge_mode, levels)
+                               down_blocks, up_blocks, pad_bottom, pad_right, merge_mode, levels, latent_factor=1)
         check_family(model, UNET_FAMILIES, "TR_TokenMerge")
+        cfg.set_latent_factor(latent_factor(model, "TR_TokenMerge"))  # padding on this family's latent grid
         return io.NodeOutput(install_token_merge(model, cfg))
 
 

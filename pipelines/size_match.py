@@ -5,6 +5,9 @@ crop to multiples of 8), so a W x H clip in gives a W x H clip out whatever W an
 and dtype. Methods: ``area`` (pixel averaging; at an exact 1/2 it equals ComfyUI's ImageScaleBy "area" x0.5),
 ``bicubic`` / ``bilinear`` resize (antialiased when shrinking), ``crop_or_pad`` keeps
 the pixel grid (centre crop where larger, edge replication where smaller: no resampling at all).
+
+A super-resolution workflow's output is a whole multiple of the input: ``output_scale`` reads that
+multiple off the two sizes, so matching goes to ``scale x`` the reference size, not back to it.
 """
 from __future__ import annotations
 
@@ -44,6 +47,15 @@ def match_size(images: torch.Tensor, height: int, width: int, method: str = "bic
         y = F.interpolate(x, size=(height, width), mode=method, align_corners=False, antialias=True)
         y = y.clamp(0, 1)  # bicubic overshoots
     return y.permute(0, 2, 3, 1).contiguous()
+
+
+def output_scale(height: int, width: int, ref_height: int, ref_width: int) -> int:
+    """The whole scale factor a workflow applied, read off its output ``height x width`` and the input
+    ``ref_height x ref_width``: the integer nearest the mean of the two size ratios, at least 1 (a
+    restore that crops to multiples of 8 gives 1; the x4 upscaler gives 4 whatever the cropping)."""
+    if min(height, width, ref_height, ref_width) < 1:
+        raise ValueError(f"size: expected positive sizes, got {height}x{width} and {ref_height}x{ref_width}")
+    return max(1, round((height / ref_height + width / ref_width) / 2))
 
 
 def to_8bit_centres(images: torch.Tensor) -> torch.Tensor:

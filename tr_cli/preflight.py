@@ -146,3 +146,23 @@ def describe_work(w: dict) -> str:
     steps = " + ".join(f"{s} ({t})" for t, s in w["steps"].items())
     return (f"work: {w['frames']} frames x {w['width']}x{w['height']} (working size) x "
             + (f"{steps} steps" if steps else "no sampling steps"))
+
+
+def check_family(args, prompt: dict, name: str, models_dirs: list[str]) -> None:
+    """Refuse at once (before a local server boots) a workflow built for another family than the embedded
+    SD1.5 demo model when no --checkpoint replaces its checkpoint and no --models-dir holds the file it names:
+    the message names the workflow, the family and the flag. A --server run is checked by the server."""
+    from .ui_format import FAMILY_LABELS, MODEL_SOURCES
+
+    fam = workflows.family(prompt)
+    if fam in (None, "sd15") or args.checkpoint or args.server:
+        return
+    ckpt = next(prompt[n]["inputs"]["ckpt_name"] for n in workflows.find(prompt, "Checkpoint")
+                if isinstance(prompt[n]["inputs"].get("ckpt_name"), str))
+    if any(os.path.isfile(os.path.join(d, "checkpoints", ckpt)) for d in models_dirs):
+        return
+    label = FAMILY_LABELS[fam]
+    raise RunnerError(f"workflow {name} needs an {label} checkpoint ({ckpt}, from {MODEL_SOURCES[ckpt][0]}), which no "
+                      f"--models-dir holds; the embedded demo model is SD1.5 and cannot stand in for it: pass "
+                      f"--checkpoint FILE (an {label} checkpoint) and --models-dir DIR holding checkpoints/FILE",
+                      EXIT_USAGE)

@@ -9,7 +9,7 @@ What a run guarantees:
 * SIGINT, SIGTERM and SIGHUP: the prompt is interrupted, a local server stopped, no output written,
   exit 128 + signal number.
 * Faithful output: the restored frames come back losslessly (PNG) and are encoded here at the input's
-  exact size (TR_MatchSize), with the input's audio stream and frame timestamps (tr_cli/media.py).
+  exact size times the workflow's whole output scale (TR_MatchSize scale auto: 4x super-resolution stays 4x), with the input's audio stream and frame timestamps (tr_cli/media.py).
 """
 from __future__ import annotations
 
@@ -235,6 +235,7 @@ def main(args) -> int:
         raise RunnerError(f"output folder {out_dir} is not writable", EXIT_USAGE)
 
     models = list(args.models_dir) + ([DEMO_MODELS] if os.path.isdir(DEMO_MODELS) else [])
+    preflight.check_family(args, base_prompt, args.workflow, models)
     tag = uuid.uuid4().hex
     client, local = start_client(args, models)
     prompt_id = None

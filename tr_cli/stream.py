@@ -357,6 +357,9 @@ def main(args) -> int:
     args.servers, args.server = servers, (servers[0] if servers else None)
     check_server_flags(args)
     info = probe(args.input)
+    if args.backend == "comfy":  # a workflow for another family than the demo model's: refused before any server
+        models = list(args.models_dir) + [os.path.join(REPO, "models")]
+        preflight.check_family(args, workflows.load(args.workflow), args.workflow, models)
     fps = Fraction(*info["fps"])
     output = os.path.abspath(args.output)
     preflight.check_output(output, [args.input, args.workflow if os.path.isfile(args.workflow) else None])

@@ -21,7 +21,28 @@ MODEL_SOURCES = {
     "control_v11f1e_sd15_tile_fp16.safetensors": (
         "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/control_v11f1e_sd15_tile_fp16.safetensors",
         "controlnet"),
+    "x4-upscaler-ema.safetensors": (
+        "https://huggingface.co/stabilityai/stable-diffusion-x4-upscaler/resolve/main/x4-upscaler-ema.safetensors",
+        "checkpoints"),
+    "sd_xl_base_1.0.safetensors": (
+        "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",
+        "checkpoints"),
+    # the repository's file is diffusers-named; the page's browser download keeps that name (its desktop app
+    # saves under ours), so the workflow's description says to save it as the name below
+    "xinsir-controlnet-tile-sdxl-1.0.safetensors": (
+        "https://huggingface.co/xinsir/controlnet-tile-sdxl-1.0/resolve/main/diffusion_pytorch_model.safetensors",
+        "controlnet"),
 }
+#: the model family (nodes/_checks.FAMILIES names) of each file above: what a workflow naming it needs, so the
+#: runner can refuse a run the embedded SD1.5 demo model cannot stand in for, and tests pick the tiny build
+MODEL_FAMILIES = {
+    "v1-5-pruned-emaonly-fp16.safetensors": "sd15",
+    "control_v11f1e_sd15_tile_fp16.safetensors": "sd15",
+    "x4-upscaler-ema.safetensors": "sd_x4",
+    "sd_xl_base_1.0.safetensors": "sdxl",
+    "xinsir-controlnet-tile-sdxl-1.0.safetensors": "sdxl",
+}
+FAMILY_LABELS = {"sd15": "SD1.5", "sd2": "SD2.x", "sdxl": "SDXL", "sd_x4": "SD x4 upscaler"}
 
 
 def _inputs(schema: dict) -> list[tuple[str, str, dict]]:

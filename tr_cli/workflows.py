@@ -65,6 +65,18 @@ def set_input(prompt: dict, assignment: str) -> None:
         inputs[input_name] = value
 
 
+def family(prompt: dict) -> str | None:
+    """The model family the workflow is built for (``ui_format.MODEL_FAMILIES`` of the file its loader titled
+    'Checkpoint' names), None when it loads no known checkpoint (e.g. the embedded demo model)."""
+    from .ui_format import MODEL_FAMILIES
+
+    for nid in find(prompt, "Checkpoint"):
+        name = prompt[nid]["inputs"].get("ckpt_name")
+        if isinstance(name, str) and name in MODEL_FAMILIES:
+            return MODEL_FAMILIES[name]
+    return None
+
+
 def describe(prompt: dict) -> list[str]:
     """One line per node with its settable (non-link) inputs."""
     lines = []
@@ -115,8 +127,8 @@ def for_run(prompt: dict, tag: str, frames_prefix: str, match_size: bool) -> dic
     """The prompt a runner submits: the video tail replaced by a lossless PNG save of the restored frames
     (the runner encodes the container the user asked for, with the input's audio and timestamps); every
     file the server writes named with the run's ``tag`` (so concurrent runs never collide and the run can
-    delete them); with ``match_size`` the frames go through TR_MatchSize to the input's exact size (and 8-bit level
-    centres) first."""
+    delete them); with ``match_size`` the frames go through TR_MatchSize to the input's exact size times the
+    workflow's whole output scale (1 for a restore, 4 for x4 super-resolution), and 8-bit level centres, first."""
     prompt = copy.deepcopy(prompt)
     drop, src = image_tail(prompt)
     for nid in drop:
@@ -125,9 +137,10 @@ def for_run(prompt: dict, tag: str, frames_prefix: str, match_size: bool) -> dic
     if match_size and ref is not None:
         # also snaps to 8-bit level centres: SaveImage truncates, and a host whose decoder returns k/255 a hair
         # low (ComfyUI 0.33's float decode of planar RGB) would otherwise save k-1 (identity when sizes match)
+        # scale 0 (auto): a super-resolution workflow keeps its whole output scale (4x stays 4x)
         prompt["tr_run_match_size"] = {"class_type": "TR_MatchSize", "_meta": {"title": "Match input size"},
                                        "inputs": {"images": src, "reference": ref, "method": "bicubic",
-                                                  "to_8bit": True}}
+                                                  "scale": 0, "to_8bit": True}}
         src = ["tr_run_match_size", 0]
     for nid, node in prompt.items():
         if isinstance(node["inputs"].get("filename_prefix"), str):

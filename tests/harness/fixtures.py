@@ -42,16 +42,42 @@ def server(tiny, request):
     from .server import ComfyServer
 
     base = paths.base_dir("server")
-    for sub, name in (("checkpoints", tiny["checkpoint"]), ("controlnet", tiny["controlnet"])):
-        dst = os.path.join(base, "models", sub, name)
-        src = tiny[f"{'checkpoint' if sub == 'checkpoints' else 'controlnet'}_path"]
-        if not os.path.exists(dst):
-            os.symlink(src, dst)
+    link_models(base, tiny)
     srv = ComfyServer(base).start()
     yield srv
     if request.session.testsfailed:
         srv.keep_log("session")
     srv.stop()
+
+
+#: the pack's family names (nodes/_checks.FAMILIES) -> tests/tiny_families.py build; SD1.5 is tests/tiny_models.py
+TINY_FAMILY_BUILDS = {"sd2": "sd21v", "sdxl": "sdxl", "sd_x4": "x4"}
+
+
+def link_models(base: str, info: dict, names: dict | None = None) -> None:
+    """Symlink a tiny build's checkpoint (and ControlNet) into ``base``/models under their own names, or under
+    ``names`` ({"checkpoint": ..., "controlnet": ...}) when given; a server rescans its folders per request."""
+    for kind, sub in (("checkpoint", "checkpoints"), ("controlnet", "controlnet")):
+        if kind not in info or (names is not None and kind not in names):
+            continue
+        dst = os.path.join(base, "models", sub, (names or info)[kind])
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if os.path.lexists(dst) and not os.path.exists(dst):
+            os.remove(dst)  # a link left dangling by an earlier session's workspace
+        if not os.path.lexists(dst):
+            os.symlink(info[f"{kind}_path"], dst)
+
+
+@pytest.fixture(scope="session")
+def tiny_by_family(comfy_host, tiny):
+    """{family: tiny build} for every family the pack supports ("sd15" is the `tiny` fixture): names and paths
+    of each family's tiny checkpoint and ControlNet (none for the x4 upscaler), built once and cached."""
+    import tiny_families
+
+    out = {"sd15": tiny}
+    for fam, build in TINY_FAMILY_BUILDS.items():
+        out[fam] = tiny_families.build(os.path.join(comfy_host.base, "models"), build)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ import pytest
 import requests
 
 from harness import paths
+from harness.fixtures import link_models
 from media_clips import excerpt_clip
 from harness.browser import RETURNING_USER_SETTINGS, Browser, BrowserError, ComfyPage, store_settings
 from tr_cli import ui_format, workflows
@@ -164,9 +165,11 @@ def test_chromium_sees_the_frontend(browser, server):
 
 
 @pytest.mark.parametrize("name", sorted(API))
-def test_workflow_in_browser(name, browser, server, clip_name, object_info, tiny):
+def test_workflow_in_browser(name, browser, server, clip_name, object_info, tiny_by_family):
     ui_path = os.path.join(UI_DIR, f"{name}.json")
     assert os.path.exists(ui_path), f"{ui_path} missing: run scripts/regen.py"
+    tiny = tiny_by_family[workflows.family(workflows.load(name)) or "sd15"]  # the tiny build of its family
+    link_models(server.base, tiny)
     workflow, api = adapt(json.load(open(ui_path)), workflows.load(name), object_info, clip_name, tiny)
     want_types = sorted(n["type"] for n in workflow["nodes"])
 
@@ -279,13 +282,20 @@ def test_template_browser_shows_every_workflow_with_its_picture(browser, server)
             items[items.length - 1].click();
         }})()""")
         names = json.dumps(sorted(API))
+        # Cards below the fold are drawn (or load their picture) only once scrolled to: each poll records the cards
+        # showing a loaded picture and scrolls the grid on by half a view (back to the top at the end).
         cards_js = f"""(() => {{
-            const names = {names}, out = {{}};
+            const names = {names}, out = (window.__trCards = window.__trCards || {{}});
+            const has = e => (e.innerText || '').split('\\n').map(s => s.trim()).filter(s => names.includes(s));
             for (const img of document.querySelectorAll('img')) {{
                 let el = img;
-                const has = e => (e.innerText || '').split('\\n').map(s => s.trim()).filter(s => names.includes(s));
                 while (el && has(el).length === 0) el = el.parentElement;
-                if (el && has(el).length === 1 && img.complete) out[has(el)[0]] = img.naturalWidth;
+                if (el && has(el).length === 1 && img.complete && img.naturalWidth) out[has(el)[0]] = img.naturalWidth;
+            }}
+            for (const e of document.querySelectorAll('body *')) {{
+                const st = getComputedStyle(e).overflowY;
+                if ((st === 'auto' || st === 'scroll') && e.scrollHeight > e.clientHeight + 10 && has(e).length > 1)
+                    e.scrollTop = e.scrollTop + e.clientHeight >= e.scrollHeight - 2 ? 0 : e.scrollTop + e.clientHeight / 2;
             }}
             return out;
         }})()"""
@@ -300,10 +310,10 @@ def test_template_browser_shows_every_workflow_with_its_picture(browser, server)
         page.close()
 
 
-def test_page_offers_the_models_a_workflow_names(browser, server):
+@pytest.mark.parametrize("name", ["diffir2vr_restore", "sdxl_tile_restore"])  # sdxl: a file saved under our name
+def test_page_offers_the_models_a_workflow_names(name, browser, server):
     """Dropped as shipped onto a server without the real models, a workflow makes the page name the missing files
     (from the loaders' properties.models) so the user can download them."""
-    name = "diffir2vr_restore"
     workflow = json.load(open(os.path.join(UI_DIR, f"{name}.json")))
     wanted = sorted({m["name"] for n in workflow["nodes"] for m in n.get("properties", {}).get("models", [])})
     assert wanted, f"{name}: no loader carries model metadata"
@@ -323,7 +333,7 @@ def test_page_offers_the_models_a_workflow_names(browser, server):
         page.wait_for(offered, 30, what=f"the page to offer the missing models {wanted} for download")
     finally:
         try:
-            page.screenshot(os.path.join(SHOTS, "missing_models.png"))
+            page.screenshot(os.path.join(SHOTS, f"missing_models_{name}.png"))
         except BrowserError:
             pass
         page.close()

@@ -4,6 +4,8 @@ the server by tests/comfy_test_nodes/tr_tiny_models):
 * SD x4 upscaler video super-resolution, DiffVSR's setting: SD_4XUpscale_Conditioning (low-res frames
   concatenated, noise augmentation), SW-CFA, ILT chunks with rescheduled noise, TE-3D decode.
 * SDXL tile-ControlNet restore with the temporal patches: latent warping, SW-CFA, token merging.
+* One restore graph per ControlNet family (SD1.5, SD2.1-v, SDXL): the figures of the closing note
+  (`pytest -s tests/system/test_families_server.py | grep FIGURES`).
 
 Each graph's TR_VideoMetrics JSON is printed (pytest -s shows it) and checked for finite figures.
 """
@@ -15,6 +17,7 @@ import os
 
 import pytest
 
+from harness.fixtures import TINY_FAMILY_BUILDS, link_models
 from harness.prompt import Graph, out
 
 pytestmark = pytest.mark.server
@@ -22,18 +25,11 @@ FRAMES = 4
 
 
 @pytest.fixture(scope="module")
-def fam_server(server, comfy_host):
-    import tiny_families
-
+def fam_server(server, tiny_by_family):
     names = {}
-    for family in ("x4", "sdxl"):
-        info = tiny_families.build(os.path.join(comfy_host.base, "models"), family)
-        names[family] = info
-        for kind, sub in (("checkpoint", "checkpoints"), ("controlnet", "controlnet")):
-            if kind in info:
-                dst = os.path.join(server.base, "models", sub, info[kind])
-                if not os.path.lexists(dst):
-                    os.symlink(info[f"{kind}_path"], dst)
+    for family, build in TINY_FAMILY_BUILDS.items():
+        names[build] = tiny_by_family[family]
+        link_models(server.base, names[build])
     return server, names
 
 
@@ -74,6 +70,7 @@ def test_x4_upscaler_video_sr_through_the_server(fam_server):
     met = g.add("TR_VideoMetrics", restored=out(dec))
     m = _metrics(server, g, met)
     assert _finite(m)
+    print("FIGURES sd_x4: " + ", ".join(f"{k} {m[k]:.4f}" for k in ("warping_error", "flicker") if k in m))
 
 
 def test_sdxl_tile_controlnet_restore_through_the_server(fam_server):
@@ -98,3 +95,48 @@ def test_sdxl_tile_controlnet_restore_through_the_server(fam_server):
     met = g.add("TR_VideoMetrics", restored=out(dec), reference=out(clip, 0), flow=out(clip, 1))
     m = _metrics(server, g, met)
     assert _finite(m)
+
+
+FIGURE_KEYS = ("warping_error", "flicker", "psnr", "psnr_degraded")
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd2", "sdxl"])
+def test_restore_figures_per_family(fam_server, tiny_by_family, family):
+    """One restore graph per family through the server, on the tiny build of that family with its ControlNet
+    (SD1.5, SD2.1-768-v, SDXL): a synthetic pan degraded with noise, the ControlNet on the degraded frames,
+    latent warping + SW-CFA, decoded and measured against the clean clip with its true flow. Prints one line
+    `FIGURES <family>` per run (pytest -s) with the restored clip's warping error and flicker beside the same
+    sampler's without the patches and the degraded input's (random tiny weights: the figures show the path
+    runs and measures on each family, not restoration quality)."""
+    server, _ = fam_server
+    info = tiny_by_family[family]
+    link_models(server.base, info)
+    g = Graph()
+    clip, ck, pos, neg = _start(g, info["checkpoint"], 64)
+    deg = g.add("TR_Degrade", images=out(clip), task="denoise", strength=-1.0, seed=0)
+    cn = g.add("ControlNetLoader", control_net_name=info["controlnet"])
+    ap = g.add("ControlNetApplyAdvanced", positive=out(pos), negative=out(neg), control_net=out(cn), image=out(deg),
+               strength=1.0, start_percent=0.0, end_percent=1.0)
+    flow = g.add("TR_FlowEstimate", images=out(deg), backend="dis", dis_preset="medium", raft_weights="",
+                 keyframe_stride=8, grid="latent (1/8)")
+    lw = g.add("TR_LatentWarp", model=out(ck), flow=out(flow), fraction=0.5, batch_size=FRAMES,
+               keyframe_mode="middle", seed=0, strength=1.0)
+    sw = g.add("TR_SWCFAPatch", model=out(lw), mode="sw_cfa", radius=2, blocks="all")
+    enc = g.add("VAEEncode", pixels=out(deg), vae=out(ck, 2))
+    ks = g.add("KSampler", model=out(sw), positive=out(ap, 0), negative=out(ap, 1), latent_image=out(enc), seed=0,
+               steps=2, cfg=4.0, sampler_name="euler", scheduler="normal", denoise=0.6)
+    dec = g.add("VAEDecode", samples=out(ks), vae=out(ck, 2))
+    met = g.add("TR_VideoMetrics", restored=out(dec), reference=out(clip, 0), degraded=out(deg), flow=out(clip, 1))
+    base = g.add("TR_VideoMetrics", restored=out(deg), reference=out(clip, 0), flow=out(clip, 1))
+    ks0 = g.add("KSampler", model=out(ck), positive=out(ap, 0), negative=out(ap, 1), latent_image=out(enc), seed=0,
+                steps=2, cfg=4.0, sampler_name="euler", scheduler="normal", denoise=0.6)  # no temporal patches
+    plain = g.add("TR_VideoMetrics", restored=out(g.add("VAEDecode", samples=out(ks0), vae=out(ck, 2))),
+                  reference=out(clip, 0), flow=out(clip, 1))
+    entry = server.run(g, timeout=900)
+    restored, degraded, unpatched = (json.loads(entry["outputs"][n]["text"][0]) for n in (met, base, plain))
+    assert _finite(restored) and _finite(degraded) and _finite(unpatched)
+    short = ("warping_error", "flicker")
+    print(f"FIGURES {family}: restored " + ", ".join(f"{k} {restored[k]:.4f}" for k in FIGURE_KEYS if k in restored)
+          + " | same sampler without the patches " + ", ".join(f"{k} {unpatched[k]:.4f}" for k in short)
+          + " | degraded input " + ", ".join(f"{k} {degraded[k]:.4f}" for k in short))
+    assert restored != unpatched, "the temporal patches changed nothing"

@@ -22,12 +22,27 @@ REPO = paths.REPO
 
 # ------------------------------------------------------------------ TR_MatchSize
 
-def _size_prompt(w_in, h_in, w_ref, h_ref, method):
+def _size_prompt(w_in, h_in, w_ref, h_ref, method, **extra):
     return {
         "1": {"class_type": "EmptyImage", "inputs": {"width": w_in, "height": h_in, "batch_size": 3, "color": 0x804020}},
         "2": {"class_type": "EmptyImage", "inputs": {"width": w_ref, "height": h_ref, "batch_size": 1, "color": 0}},
-        "3": {"class_type": "TR_MatchSize", "inputs": {"images": ["1", 0], "reference": ["2", 0], "method": method}},
+        "3": {"class_type": "TR_MatchSize", "inputs": {"images": ["1", 0], "reference": ["2", 0], "method": method,
+                                                       **extra}},
     }
+
+
+def test_match_size_auto_scale_keeps_a_super_resolution_scale(comfy_host):
+    """scale 0 (the runner's): a 4x output of a 101x77 input (cropped to multiples of 8 on the way) goes to 404x308,
+    not back to 101x77; a restore's crop (96x72) goes to 101x77; scale 2 is taken as given."""
+    for (wi, hi), scale, want in (((384, 288), 0, (308, 404)), ((416, 320), 0, (308, 404)), ((96, 72), 0, (77, 101)),
+                                  ((96, 72), 2, (154, 202))):
+        (out,) = comfy_host.run(_size_prompt(wi, hi, 101, 77, "bicubic", scale=scale), outputs=["3"])["outputs"]["3"]
+        assert tuple(out.shape[1:3]) == want, (wi, hi, scale)
+    from temporal_restore.pipelines import size_match
+
+    assert size_match.output_scale(512, 384, 64, 48) == 8 and size_match.output_scale(40, 40, 64, 48) == 1
+    with pytest.raises(ValueError, match="size"):
+        size_match.output_scale(0, 4, 4, 4)
 
 
 @pytest.mark.parametrize("method", ["area", "bicubic", "bilinear", "crop_or_pad"])
@@ -202,3 +217,29 @@ def test_rgb_inputs_go_to_the_host_as_an_exact_rgb24_copy(tmp_path):
     assert {f.format.name for f in got} == {"rgb24"}
     assert np.array_equal(np.stack([f.to_ndarray() for f in got]), want)
     assert not media.needs_host_copy({"pix_fmt": "yuv420p"}) and not media.needs_host_copy({"pix_fmt": "rgb24"})
+
+
+# ------------------------------------------------------------------ family check before a local server
+
+def test_family_check_passes_when_the_file_is_there_or_replaced(tmp_path):
+    """preflight.check_family refuses only what would fail: an x4 workflow runs when a --models-dir holds its
+    checkpoint, when --checkpoint replaces it, or against a --server (the server checks); SD1.5 ones always pass."""
+    import argparse
+
+    from tr_cli import preflight, workflows
+    from tr_cli.client import RunnerError
+
+    def args(**kw):
+        return argparse.Namespace(**{"checkpoint": None, "server": None, **kw})
+
+    x4 = workflows.load("x4_vsr_restore")
+    with pytest.raises(RunnerError, match=r"^workflow x4_vsr_restore needs an SD x4 upscaler checkpoint"):
+        preflight.check_family(args(), x4, "x4_vsr_restore", [str(tmp_path)])
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "x4-upscaler-ema.safetensors").write_bytes(b"")
+    preflight.check_family(args(), x4, "x4_vsr_restore", [str(tmp_path)])
+    preflight.check_family(args(checkpoint="mine.safetensors"), x4, "x4_vsr_restore", [])
+    preflight.check_family(args(server="http://127.0.0.1:9"), x4, "x4_vsr_restore", [])
+    preflight.check_family(args(), workflows.load("tdm_restore"), "tdm_restore", [])
+    assert workflows.family(x4) == "sd_x4" and workflows.family(workflows.load("demo_restore")) is None
+

@@ -220,6 +220,17 @@ def test_missing_model_lists_the_servers_models(server, tiny, sample_clip):
     assert rc == 2 and "no_such_model.safetensors" in line and tiny["checkpoint"] in line and "--models-dir" in line
 
 
+@pytest.mark.parametrize("command", ["run", "stream"])
+@pytest.mark.parametrize("name,family", [("x4_vsr_restore", "SD x4 upscaler"), ("sdxl_tile_restore", "SDXL")])
+def test_other_family_workflow_without_checkpoint_is_refused_at_once(command, name, family, sample_clip, tmp_path):
+    """No --checkpoint, no --models-dir holding the file: refused before a local server starts (one is
+    never announced), naming the workflow, its family and the flag."""
+    rc, _, err = cli(command, sample_clip, "-w", name, "-o", str(tmp_path / "o.mp4"), timeout=60)
+    line = one_line_error(err)
+    assert rc == 2 and name in line and f"needs an {family} checkpoint" in line and "--checkpoint" in line, line
+    assert "starting a local ComfyUI" not in err and not os.path.exists(str(tmp_path / "o.mp4.stream"))
+
+
 def test_checkpoint_on_a_workflow_without_one_says_so(sample_clip):
     rc, _, err = cli("run", sample_clip, "-w", "demo_restore", "--checkpoint", "x.safetensors",
                      "--server", "http://127.0.0.1:9")

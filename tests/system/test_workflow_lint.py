@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from harness import paths
+from harness.fixtures import link_models
 from harness.server import ComfyServer
 from tr_cli import ui_format, workflows
 
@@ -22,15 +23,13 @@ pytestmark = pytest.mark.server  # its own server (real model names)
 
 
 @pytest.fixture(scope="module")
-def user_server(tiny):
+def user_server(tiny_by_family):
     base = paths.base_dir("lint")
     shutil.rmtree(os.path.join(base, "input"))
     os.makedirs(os.path.join(base, "input"))
-    for name, (_, directory) in ui_format.MODEL_SOURCES.items():
-        dst = os.path.join(base, "models", directory, name)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if not os.path.lexists(dst):
-            os.symlink(tiny["checkpoint_path" if directory == "checkpoints" else "controlnet_path"], dst)
+    for name, (_, directory) in ui_format.MODEL_SOURCES.items():  # each real name -> its family's tiny build
+        kind = "checkpoint" if directory == "checkpoints" else "controlnet"
+        link_models(base, tiny_by_family[ui_format.MODEL_FAMILIES[name]], {kind: name})
     srv = ComfyServer(base).start()
     yield srv
     srv.stop()

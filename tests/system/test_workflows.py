@@ -76,4 +76,9 @@ def test_model_loaders_name_real_files_with_download_metadata(name):
             assert v in ui_format.MODEL_SOURCES, f"{name}: {node['type']} names {v}, which has no known download"
             url, directory = ui_format.MODEL_SOURCES[v]
             assert {"name": v, "url": url, "directory": directory} in node["properties"].get("models", []), node
-            assert url.startswith("https://huggingface.co/") and url.endswith("/" + v)
+            assert url.startswith("https://huggingface.co/")
+            if not url.endswith("/" + v):  # a repository file under another name: the user is told to rename it
+                meta = json.load(open(os.path.join(paths.REPO, "docs", "workflow_catalog.json")))[name]
+                assert url in meta["description"] and f"as {v}" in meta["description"], \
+                    f"{name}: {v} downloads as {url.rsplit('/', 1)[1]}; its description must say to save it as {v}"
+            assert ui_format.MODEL_FAMILIES.get(v), f"{name}: {v} has no family in ui_format.MODEL_FAMILIES"
