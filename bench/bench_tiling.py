@@ -1,17 +1,25 @@
 """Benchmark: TR_TiledSampling on HD frames with the tiny SD1.5-shaped model, side by side in one run.
 
-Prints (each restore in its own fresh subprocess, same settings; tiles 512 px with 64 px overlap):
-* peak RSS of a tiled 1280x720 x 16-frame img2img vs the same run untiled while sampling (VmHWM reset
-  after the VAE encode), and its growth over the RSS just before sampling (the sampling's own memory;
-  target <= 0.25x),
-* time per frame tiled / untiled (target <= 1.3x),
-* the seam metric on a synthetic HD clip with true flow (``pipelines/synthetic.py``): warping error of
-  the restored frames on bands of +-8 px around inner tile edges / warping error elsewhere
-  (target <= 1.05x), with SW-CFA (radius 3) as a temporal patch on the tiles.
+Each restore runs in its own fresh subprocess with the same settings (tiny SD1.5 + SW-CFA radius 3, img2img
+euler at denoise 0.5 on a synthetic clip with true flow, ``pipelines/synthetic.py``), untiled then tiled.
+It prints one table (and the command that made it):
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_tiling.py [--width 1280 --height 720 --frames 16 --steps 2]
+* peak RSS while sampling (VmHWM reset after the VAE encode), tiled / untiled (issue 21 target <= 0.25),
+* the sampling's growth over the RSS just before it (the sampling's own memory),
+* time per frame of the sampling, tiled / untiled (target <= 1.3),
+* the seam metric: warping error of the tiled result on bands of +-8 px around inner tile edges / warping
+  error elsewhere (target <= 1.05).
 
-Not part of CI (minutes on 2 cores).
+The issue's configuration (1280x720 x 16 frames, the hd_restore workflow's 512 / 64 px tiles; the untiled
+half needs ~10 GB and tens of minutes on 2 cores, hence the lock and 1 step):
+
+    OMP_NUM_THREADS=2 flock /work/bigmem.lock nice -n 10 .venv/bin/python bench/bench_tiling.py --steps 1
+
+(the defaults: ``--width 1280 --height 720 --frames 16 --tile 512 --overlap 64``)
+
+A quick one: ``--width 640 --height 360 --frames 16 --tile 256 --overlap 32``. On CPU ComfyUI's attention
+(sub-quadratic) sizes its chunks from the free system memory, so the untiled peak depends on what else runs;
+the table shows the free memory each half started with. Not part of CI.
 """
 from __future__ import annotations
 
@@ -57,6 +65,8 @@ def child(a) -> None:
     tiny_models.register()
     tiny = tiny_models.build(os.path.join(base, "models"))
     _comfy.setup()
+    import comfy.ldm.modules.attention
+    import comfy.model_management
     import comfy.sample
 
     from temporal_restore.nodes import sw_cfa, tiled_sampling
@@ -83,8 +93,10 @@ def child(a) -> None:
             return vae.decode(res).clamp(0, 1), dt, peak, before
 
     restore(clip.frames[:2, :64, :64])  # warm-up at a small size: first-call costs off the measured run
+    free_gb = comfy.model_management.get_free_memory(torch.device("cpu")) / 2**30
     img, dt, peak, rss0 = restore(clip.frames)
-    result = {"seconds": dt, "rss_before_mb": rss0, "peak_mb": peak,
+    result = {"seconds": dt, "rss_before_mb": rss0, "peak_mb": peak, "free_gb": free_gb,
+              "attention": comfy.ldm.modules.attention.optimized_attention.__name__,
               "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if a.tiled:  # seam metric on the tiled result, with the clip's true flow
         tiles = tiling.tile_grid(a.height // 8, a.width // 8, a.tile // 8, a.overlap // 8)
@@ -107,35 +119,53 @@ def run_child(a, tiled: bool) -> dict:
     return _comfy.child_result(cmd)
 
 
+def _table(a, u: dict, t: dict) -> str:
+    """The figures as one markdown table."""
+    def row(name, uv, tv, ratio, target=""):
+        return f"| {name} | {uv} | {tv} | {ratio} | {target} |"
+
+    gu, gt = u["peak_mb"] - u["rss_before_mb"], t["peak_mb"] - t["rss_before_mb"]
+    fu, ft = u["seconds"] / a.frames, t["seconds"] / a.frames
+    return "\n".join([
+        "| | untiled | tiled | tiled / untiled | target |", "|---|---|---|---|---|",
+        row("peak RSS while sampling", f"{u['peak_mb']:.0f} MB", f"{t['peak_mb']:.0f} MB",
+            f"{t['peak_mb'] / u['peak_mb']:.3f}", "<= 0.25"),
+        row("sampling's growth over the RSS before it", f"+{gu:.0f} MB", f"+{gt:.0f} MB",
+            f"{gt / max(gu, 1.0):.3f}"),
+        row("process peak RSS (with the VAE)", f"{u['process_peak_mb']:.0f} MB", f"{t['process_peak_mb']:.0f} MB",
+            f"{t['process_peak_mb'] / u['process_peak_mb']:.3f}"),
+        row("time per frame (sampling)", f"{fu:.2f} s", f"{ft:.2f} s", f"{ft / fu:.3f}", "<= 1.3"),
+        row(f"warping error, +-8 px tile-edge bands / interior ({t['tiles']} tiles, bands "
+            f"{100 * t['band_share']:.1f}%)", "", f"{t['band']:.4f} / {t['interior']:.4f}",
+            f"{t['band'] / t['interior']:.3f}", "<= 1.05"),
+        row("same on the input clip", "", f"{t['input_band']:.4f} / {t['input_interior']:.4f}",
+            f"{t['input_band'] / t['input_interior']:.3f}"),
+        row("free memory at start / attention", f"{u.get('free_gb', float('nan')):.1f} GB / {u.get('attention')}",
+            f"{t.get('free_gb', float('nan')):.1f} GB / {t.get('attention')}", ""),
+    ])
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--child", action="store_true")
-    ap.add_argument("--tiled", type=int, default=1)
-    ap.add_argument("--width", type=int, default=1280)
-    ap.add_argument("--height", type=int, default=720)
-    ap.add_argument("--frames", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=2)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--tiled", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--width", type=int, default=1280, help="frame width, pixels (multiple of 8)")
+    ap.add_argument("--height", type=int, default=720, help="frame height, pixels (multiple of 8)")
+    ap.add_argument("--frames", type=int, default=16, help="frames of the clip")
+    ap.add_argument("--steps", type=int, default=2, help="euler steps run (denoise 0.5)")
     ap.add_argument("--tile", type=int, default=512, help="tile side, pixels")
     ap.add_argument("--overlap", type=int, default=64, help="tile overlap, pixels")
     a = ap.parse_args()
     if a.child:
         return child(a)
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    command = f"OMP_NUM_THREADS={threads} {os.path.relpath(sys.executable)} bench/bench_tiling.py " + " ".join(
+        f"--{k} {getattr(a, k)}" for k in ("width", "height", "frames", "steps", "tile", "overlap"))
     print(f"tiling bench: {a.width}x{a.height} x {a.frames} frames, tiny SD1.5 + SW-CFA r3, {a.steps} euler steps "
-          f"(denoise 0.5), tiles {a.tile} px / overlap {a.overlap} px; one fresh subprocess per run")
+          f"(denoise 0.5), tiles {a.tile} px / overlap {a.overlap} px; one fresh subprocess per run", flush=True)
     u = run_child(a, False)
     t = run_child(a, True)
-    for name, r in (("untiled", u), ("tiled", t)):
-        print(f"  {name:8s}: sampling {r['seconds']:.1f} s ({r['seconds'] / a.frames:.2f} s/frame), peak RSS while "
-              f"sampling {r['peak_mb']:.0f} MB (+{r['peak_mb'] - r['rss_before_mb']:.0f} MB over pre-sampling; "
-              f"process peak with VAE {r['process_peak_mb']:.0f} MB)")
-    grow = (t["peak_mb"] - t["rss_before_mb"]) / max(u["peak_mb"] - u["rss_before_mb"], 1.0)
-    print(f"peak RSS while sampling tiled/untiled: {t['peak_mb'] / u['peak_mb']:.3f}; sampling growth over "
-          f"pre-sampling RSS {grow:.3f} (target <= 0.25)")
-    print(f"time per frame tiled/untiled: {t['seconds'] / u['seconds']:.3f} (target <= 1.3)")
-    print(f"seam: warping error on +-8 px tile-edge bands {t['band']:.4f} vs interior {t['interior']:.4f} "
-          f"-> ratio {t['band'] / t['interior']:.3f} (target <= 1.05); input clip {t['input_band']:.4f} vs "
-          f"{t['input_interior']:.4f} -> {t['input_band'] / t['input_interior']:.3f}; {t['tiles']} tiles, bands "
-          f"{100 * t['band_share']:.1f}% of the frame")
+    print(f"\n{command}\n\n{_table(a, u, t)}")
 
 
 if __name__ == "__main__":

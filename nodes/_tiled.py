@@ -12,6 +12,9 @@ ControlNet runs. The wrapper calls the rest of the chain once per tile with
   the tile's part of the hint (not the whole hint squeezed into the tile),
 * ``transformer_options["temporal_restore"]["tile"]`` = the :class:`~..pipelines.tiling.Tile`, so
   flow-based patches crop full-frame flows to tile coordinates (``tile_of``),
+* ``transformer_options["optimized_attention_override"]`` = :func:`bounded_attention`, so attention
+  backends that materialise the ``[batch*heads, queries, keys]`` scores run on query slices whose
+  scores stay under ``ATTENTION_BYTES`` (see there for why),
 
 and blends the per-tile predictions with the normalised weights. Post-CFG functions (latent warp,
 SLR's x0 recorder) still see the full frame, as does the sampler. It composes with the chunker
@@ -32,12 +35,44 @@ log = logging.getLogger("temporal_restore")
 
 KEY = "tiled_sampling"
 TILE = "tile"  # transformer_options["temporal_restore"]["tile"]: the Tile being evaluated
+OVERRIDE = "optimized_attention_override"  # ComfyUI's per-call attention hook (comfy.ldm.modules.attention.wrap_attn)
+# ComfyUI's attention functions that hold a whole [batch*heads, query chunk, keys] score block in memory, with
+# a chunk sized from the FREE SYSTEM memory (sub-quad: up to free/4 per block; split: whole when it fits).
+# Memory-efficient kernels (pytorch SDPA, xformers, flash, sage) are left alone.
+SCORE_BACKENDS = ("attention_sub_quad", "attention_split", "attention_basic")
+ATTENTION_BYTES = 128 << 20  # float32 score block per attention call in a tile (softmax doubles it)
 
 
 def tile_of(options) -> tiling.Tile | None:
     """The tile a model evaluation runs on (attention ``extra_options`` or ``transformer_options``),
     None when untiled."""
     return tr_options(options).get(TILE)
+
+
+def bounded_attention(func, q, k, v, heads, *args, prev=None, budget: int | None = None, **kwargs):
+    """An ``optimized_attention_override``: ``func(q, k, v, heads, ...)`` on slices of the queries whose
+    ``[batch*heads, rows, keys]`` float32 scores fit ``budget`` bytes (default ``ATTENTION_BYTES``),
+    concatenated (softmax attention is row-wise, so the slices give the same rows). ``prev`` is an override
+    found in the options (called per slice instead of ``func``). Masked calls and memory-efficient backends
+    (not in ``SCORE_BACKENDS``) run whole.
+
+    Why: on CPU ComfyUI's default attention (sub-quadratic) sizes its query chunk from the free system memory,
+    not from the tokens: a 4096-token tile at 16 frames x cond/uncond took a 4096-row chunk of 1 GB scores
+    (+ its softmax), about what the whole 720p frame's attention took with a 2048-row chunk, so tiling saved
+    little memory (growth 0.56x untiled at 720p). ``q [b, tokens, heads*d]`` or with ``skip_reshape``
+    ``[b, heads, tokens, d]``; the output is split back along its token axis likewise."""
+    call = func if prev is None else (lambda *a, **kw: prev(func, *a, **kw))
+    name = getattr(func, "__name__", "")
+    reshaped = bool(kwargs.get("skip_reshape", False))
+    rows, n_bh = (q.shape[-2], q.shape[0] * q.shape[1]) if reshaped else (q.shape[1], q.shape[0] * heads)
+    keys = k.shape[-2] if reshaped else k.shape[1]
+    step = max(1, int(ATTENTION_BYTES if budget is None else budget) // max(1, n_bh * keys * 4))
+    if name not in SCORE_BACKENDS or kwargs.get("mask") is not None or args or rows <= step:
+        return call(q, k, v, heads, *args, **kwargs)
+    qdim = 2 if reshaped else 1
+    odim = 2 if kwargs.get("skip_output_reshape", False) else 1
+    outs = [call(q.narrow(qdim, i, min(step, rows - i)), k, v, heads, **kwargs) for i in range(0, rows, step)]
+    return torch.cat(outs, dim=odim)
 
 
 def _pixel_ratio(control) -> int:
@@ -142,12 +177,16 @@ class TiledSampling(Shared):
         size = tuple(x_in.shape[-2:])
         to = model_options.get("transformer_options", {})
         key = (run_key(to), size)
+        prev = to.get(OVERRIDE)
+
+        def attention(func, *a, **kw):
+            return bounded_attention(func, *a, prev=prev, **kw)
 
         def per_tile(crop, tile):
             controls = lambda control: self._cropped_control(key, tile, control)  # noqa: E731
             tconds = [None if c is None else [crop_cond(d, tile, size, controls) for d in c] for c in conds]
             mo = dict(model_options)
-            mo["transformer_options"] = {**to, NAMESPACE: {**tr_options(to), TILE: tile}}
+            mo["transformer_options"] = {**to, NAMESPACE: {**tr_options(to), TILE: tile}, OVERRIDE: attention}
             return executor(model, tconds, crop, timestep, mo, *args, **kwargs)
 
         return tiling.tiled_apply(per_tile, x_in, self.tile, self.overlap, self.ramp)

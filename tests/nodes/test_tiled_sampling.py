@@ -4,51 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-FRAMES, H, W = 3, 24, 32  # latent cells: 192x256 pixel frames
-TILE, OV = 16, 4  # latent cells: 128 px tiles, 32 px overlap -> 2 x 3 tiles
+from tiled_env import FRAMES, H, OV, TILE, W, _cn, _mods, _rel, _sample, _tiled, probed_tiled, tiled_env  # noqa: F401
 
 
-@pytest.fixture(scope="module")
-def env(comfy_host, tiny):
-    import comfy.controlnet
-    import comfy.sd
-
-    model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(tiny["checkpoint_path"], output_vae=False,
-                                                             output_clip=True)
-    enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
-    g = torch.Generator().manual_seed(0)
-    return {"model": model, "cn": comfy.controlnet.load_controlnet(tiny["controlnet_path"]),
-            "pos": enc("a photo"), "neg": enc(""),
-            # a left-to-right ramp: the tile's crop of it differs from the whole hint squeezed into the tile
-            "hint": 0.2 * torch.rand(FRAMES, H * 8, W * 8, 3, generator=g)
-            + 0.8 * torch.linspace(0, 1, W * 8).reshape(1, 1, W * 8, 1),
-            "latent": torch.randn(FRAMES, 4, H, W, generator=g), "noise": torch.randn(FRAMES, 4, H, W, generator=g)}
-
-
-def _mods():
-    from temporal_restore.nodes import _tiled, sw_cfa, task_prompt, tiled_sampling
-
-    return _tiled, tiled_sampling, sw_cfa, task_prompt
-
-
-def _sample(model, pos, neg, latent, noise, steps=1):
-    import comfy.sample
-
-    return comfy.sample.sample(model, noise.clone(), steps, 2.0, "euler", "normal", pos, neg, latent.clone(),
-                               denoise=1.0, seed=0, disable_pbar=True)
-
-
-def _tiled(model, tile=TILE, overlap=OV):
-    return _mods()[1].TiledSampling.execute(model, tile * 8, overlap * 8, "cosine").result[0]
-
-
-def _rel(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def _cn(env, hint=None):
-    tp = _mods()[3]
-    return tp.apply_controlnet(env["pos"], env["neg"], env["cn"], env["hint"] if hint is None else hint, 1.0, 0.0, 1.0)
+@pytest.fixture
+def env(tiled_env):
+    return tiled_env
 
 
 def test_one_tile_equals_untiled_ksampler(env):
@@ -246,7 +207,6 @@ def test_composes_with_the_chunker_and_ddim(env):
     import comfy.samplers
 
     from temporal_restore.nodes import _chunked, ddim_invert
-    from temporal_restore.nodes._patching import install_attn1_patch, tr_options
 
     def chunked(model):
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 2).cpu()
@@ -263,15 +223,7 @@ def test_composes_with_the_chunker_and_ddim(env):
     assert _rel(ddim_invert.restore(one, env["pos"], env["neg"], inv, steps=2, cfg=1.0)["samples"],
                 ddim_invert.restore(env["model"], env["pos"], env["neg"], inv, steps=2, cfg=1.0)["samples"]) <= 1e-6
 
-    seen = set()
-
-    def probe(n, context, value, extra_options, *args, **kwargs):
-        if extra_options["block"] == ("input", 1):
-            seen.add((tuple(tr_options(extra_options)["frame_index"]), _mods()[0].tile_of(extra_options)))
-        return n, context, value
-
-    m = _tiled(env["model"])
-    install_attn1_patch(m, "test_probe", probe)
+    m, seen = probed_tiled(env["model"])
     assert torch.isfinite(chunked(m)).all()
     windows = {f for f, _ in seen}
     assert windows == {(0, 1), (1, 2)} and len(seen) == 2 * 6  # every window x every tile
