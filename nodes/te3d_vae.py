@@ -1,4 +1,6 @@
-"""TR_TE3DVAEDecode: temporal VAE decoding (DiffVSR §3.3) in overlapping temporal chunks.
+"""TR_TE3DVAEDecode: temporal VAE decoding (DiffVSR §3.3) in overlapping temporal chunks, optionally in
+spatial tiles (``tile_size`` > 0: one grid for all frames of a chunk, each tile decoded on all of them at once,
+``pipelines/te3d_vae.decode_tiled``).
 
 Modes: ``te3d`` (the loaded VAE decoder inflated with temporal residual blocks and temporal
 attention; zero-initialised, so without trained weights it equals the 2D decoder; trained weights
@@ -193,7 +195,8 @@ class TE3DVAEDecode(io.ComfyNode):
             node_id="TR_TE3DVAEDecode",
             display_name="Temporal-Enhanced VAE Decode (Temporal Restore)",
             category="temporal_restore/vae",
-            description="Temporal-enhanced VAE decoding (DiffVSR §3.3) in overlapping temporal chunks.",
+            description="Temporal-enhanced VAE decoding (DiffVSR §3.3) in overlapping temporal chunks, optionally "
+                        "in spatial tiles (one grid for all frames) for large frames.",
             inputs=[
                 io.Latent.Input("samples", tooltip="Latent clip [frames, C, h, w] to decode."),
                 io.Vae.Input("vae", tooltip="The image VAE whose decoder is inflated (TAESD-shaped or SD-style)."),
