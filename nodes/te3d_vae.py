@@ -1,4 +1,6 @@
-"""TR_TE3DVAEDecode: temporal VAE decoding (DiffVSR §3.3) in overlapping temporal chunks.
+"""TR_TE3DVAEDecode: temporal VAE decoding (DiffVSR §3.3) in overlapping temporal chunks, optionally in
+spatial tiles (``tile_size`` > 0: one grid for all frames of a chunk, each tile decoded on all of them at once,
+``pipelines/te3d_vae.decode_tiled``).
 
 Modes: ``te3d`` (the loaded VAE decoder inflated with temporal residual blocks and temporal
 attention; zero-initialised, so without trained weights it equals the 2D decoder; trained weights
@@ -125,14 +127,34 @@ def build_decoder(vae, mode: str, kv_radius: int = 1, weights: str = "") -> te3d
     return model
 
 
+def tile_cells(vae, tile_size: int, tile_overlap: int) -> tuple[int, int]:
+    """``tile_size`` / ``tile_overlap`` in pixels -> latent cells (``tile_size`` 0 = untiled, returned as 0).
+    ValueError naming the input unless both are multiples of the VAE's scale and the overlap is below the tile."""
+    ratio = getattr(vae, "downscale_ratio", 8)
+    ratio = ratio if isinstance(ratio, int) and ratio > 0 else 8
+    for name, v, lo in (("tile_size", tile_size, 0), ("tile_overlap", tile_overlap, 0)):
+        if int(v) != v or v < lo or v % ratio:
+            raise ValueError(f"{name}: expected a multiple of {ratio} pixels (the VAE's latent cell) of at least "
+                             f"{lo}, got {v!r}")
+    if tile_size == 0:
+        return 0, 0
+    if tile_overlap >= tile_size:
+        raise ValueError(f"tile_overlap: expected fewer pixels than tile_size ({tile_size}), got {tile_overlap}")
+    return tile_size // ratio, tile_overlap // ratio
+
+
 def te3d_decode(vae, samples: torch.Tensor, mode: str = "te3d", chunk: int = 8, overlap: int = 2,
-                kv_radius: int = 1, weights: str = "", status: list | None = None) -> torch.Tensor:
+                kv_radius: int = 1, weights: str = "", status: list | None = None, tile_size: int = 0,
+                tile_overlap: int = 64) -> torch.Tensor:
     """LATENT samples ``[T, C, h, w]`` -> IMAGE ``[T, H, W, 3]`` in [0, 1]. ``weights`` is a file path (or
-    empty); ``status``, if given, receives one line saying which decoder ran."""
+    empty); ``status``, if given, receives one line saying which decoder ran. ``tile_size > 0`` (pixels)
+    decodes every temporal chunk tile by tile on one spatial grid shared by its frames
+    (:func:`te3d_vae.decode_tiled`)."""
     import comfy.model_management as mm
     import comfy.utils
 
     check_latent(samples, "samples")
+    tile, tile_ov = tile_cells(vae, tile_size, tile_overlap)
     mm.load_models_gpu([vae.patcher])
     model = build_decoder(vae, mode, kv_radius, weights)
     if status is not None:
@@ -154,8 +176,14 @@ def te3d_decode(vae, samples: torch.Tensor, mode: str = "te3d", chunk: int = 8, 
         mm.throw_exception_if_processing_interrupted()
         return model(z.to(p.device, p.dtype)).float()
 
+    def run_window(z):  # one temporal window: whole, or tile by tile with all its frames per tile
+        if not tile:
+            return run(z)
+        return te3d_vae.decode_tiled(run, z, tile, tile_ov, out_device=vae.output_device)
+
     with torch.inference_mode():
-        out = te3d_vae.decode_chunked(run, samples, chunk, overlap, out_device=vae.output_device, on_chunk=on_chunk)
+        out = te3d_vae.decode_chunked(run_window, samples, chunk, overlap, out_device=vae.output_device,
+                                      on_chunk=on_chunk)
         out = vae.process_output(out)
     return out.movedim(1, -1).contiguous()
 
@@ -167,7 +195,8 @@ class TE3DVAEDecode(io.ComfyNode):
             node_id="TR_TE3DVAEDecode",
             display_name="Temporal-Enhanced VAE Decode (Temporal Restore)",
             category="temporal_restore/vae",
-            description="Temporal-enhanced VAE decoding (DiffVSR §3.3) in overlapping temporal chunks.",
+            description="Temporal-enhanced VAE decoding (DiffVSR §3.3) in overlapping temporal chunks, optionally "
+                        "in spatial tiles (one grid for all frames) for large frames.",
             inputs=[
                 io.Latent.Input("samples", tooltip="Latent clip [frames, C, h, w] to decode."),
                 io.Vae.Input("vae", tooltip="The image VAE whose decoder is inflated (TAESD-shaped or SD-style)."),
@@ -185,16 +214,27 @@ class TE3DVAEDecode(io.ComfyNode):
                                         "a path, a file name in the pack's models/demo/, or 'auto' = the weights "
                                         "shipped for the demo VAE when this is that VAE. Without weights te3d "
                                         "equals the 2D decoder (a warning says so)."),
+                io.Int.Input("tile_size", default=0, min=0, max=8192, step=8, optional=True,
+                             tooltip="Spatial tile side in image pixels (multiple of 8) for large frames; 0 = "
+                                     "untiled. One tile grid for all frames, each tile decoded on all frames of "
+                                     "a chunk at once, so the temporal layers see the same region over time."),
+                io.Int.Input("tile_overlap", default=64, min=0, max=8184, step=8, optional=True,
+                             tooltip="Overlap of neighbouring spatial tiles in image pixels (multiple of 8, "
+                                     "below tile_size), cross-faded; each tile is also decoded with 64 px of "
+                                     "extra context on each side that is dropped. Unused when tile_size is 0."),
             ],
             outputs=[io.Image.Output(display_name="image")],
         )
 
     @classmethod
-    def execute(cls, samples, vae, mode, chunk, overlap, kv_radius, temporal_weights="auto") -> io.NodeOutput:
+    def execute(cls, samples, vae, mode, chunk, overlap, kv_radius, temporal_weights="auto", tile_size=0,
+                tile_overlap=64) -> io.NodeOutput:
         check_finite(samples, "samples")
+        tile_cells(vae, tile_size, tile_overlap)  # bad tile settings fail before any weights are read
         path, why = resolve_weights(vae, temporal_weights) if mode == "te3d" else ("", "")
         status: list[str] = []
-        img = te3d_decode(vae, samples["samples"], mode, chunk, overlap, kv_radius, path, status)
+        img = te3d_decode(vae, samples["samples"], mode, chunk, overlap, kv_radius, path, status, tile_size,
+                          tile_overlap)
         text = status[0]
         if mode == "te3d" and text.startswith("te3d without"):
             text = f"WARNING: {text} ({why or 'the weights are all zero'})"

@@ -167,6 +167,10 @@ OCCLUSION_RESIZE_THRESHOLD = 0.25
 # The FLOW type
 # --------------------------------------------------------------------------------------------
 
+DIRECT_CACHE_SIZE = 8
+"""Direct keyframe flows kept by :meth:`FlowField.direct` (least recently used dropped first)."""
+
+
 @dataclass
 class FlowField:
     """Flows of a clip of ``T`` frames, measured on a ``height x width`` pixel grid.
@@ -336,13 +340,14 @@ class FlowField:
     def direct(self, a: int, b: int) -> tuple[Tensor, Tensor, Tensor]:
         """Flow ``a -> b`` estimated between the two source frames (``pair_estimator``, both directions
         for the forward-backward check, :func:`fb_check` / :func:`fb_confidence`), on this field's grid,
-        cached per source pair and grid. ``([2,H,W], [1,H,W], [1,H,W])``."""
+        cached per source pair and grid (the ``DIRECT_CACHE_SIZE`` most recently used, shared by the fields
+        derived from this one). ``([2,H,W], [1,H,W], [1,H,W])``."""
         if self.pair_estimator is None:
             raise ValueError("FlowField.direct: this flow keeps no frames to estimate a pair from "
                              "(estimate it with TR_FlowEstimate / flow.estimate_flow)")
         sa, sb = self.frame_ids[int(a)], self.frame_ids[int(b)]
         key = (sa, sb, self.height, self.width)
-        hit = self.direct_cache.get(key)
+        hit = self.direct_cache.pop(key, None)  # re-inserted below: the dict's order is least recent first
         if hit is None:
             fw, bw = self.pair_estimator(sa, sb)[None].float(), self.pair_estimator(sb, sa)[None].float()
             occ, conf = fb_check(fw, bw), fb_confidence(fw, bw)
@@ -351,7 +356,9 @@ class FlowField:
                 occ = resize_mask(occ, self.height, self.width, OCCLUSION_RESIZE_THRESHOLD)
                 conf = resize_mask(conf, self.height, self.width)
             hit = (fw[0].cpu(), occ[0].cpu(), conf[0].cpu())
-            self.direct_cache[key] = hit
+        self.direct_cache[key] = hit
+        while len(self.direct_cache) > DIRECT_CACHE_SIZE:  # LRU: a long clip's keyframe pairs never pile up
+            del self.direct_cache[next(iter(self.direct_cache))]
         ref = self.forward
         return tuple(t.to(ref.device, ref.dtype) for t in hit)
 

@@ -146,6 +146,31 @@ def test_direct_keyframe_flow_is_estimated_between_the_two_frames(moving_clip):
     assert torch.allclose(window.between(0, 2, direct=True)[0], _cv2_dis(moving_clip[2], moving_clip[4]), atol=1e-5)
 
 
+def test_direct_flow_cache_is_bounded_lru_and_returns_the_same_flows(moving_clip):
+    from temporal_restore.pipelines import flow
+
+    ff = flow.estimate_flow(moving_clip)
+    calls = []
+    estimator = ff.pair_estimator
+
+    def counting(a, b):
+        calls.append((a, b))
+        return estimator(a, b)
+
+    ff.pair_estimator = counting
+    pairs = [(a, b) for a in range(8) for b in range(8) if a != b]
+    first = {p: ff.direct(*p) for p in pairs}
+    assert len(ff.direct_cache) == flow.DIRECT_CACHE_SIZE < len(pairs)
+    n = len(calls)
+    recent = pairs[-1]
+    assert all(torch.equal(x, y) for x, y in zip(ff.direct(*recent), first[recent])) and len(calls) == n  # a hit
+    evicted = pairs[0]
+    again = ff.direct(*evicted)  # dropped long ago: estimated again, the same flow
+    assert len(calls) == n + 2 and all(torch.equal(x, y) for x, y in zip(again, first[evicted]))
+    assert len(ff.direct_cache) == flow.DIRECT_CACHE_SIZE
+    assert list(ff.direct_cache)[-1] == (*evicted, ff.height, ff.width)  # now the most recent
+
+
 def test_hierarchical_warp_uses_direct_keyframe_flows_by_default(moving_clip):
     from temporal_restore.pipelines.flow import estimate_flow, fb_check, warp
 

@@ -461,6 +461,16 @@ def test_te3d_decode_overlap_not_below_chunk(server, tiny):
     expect_error(server, tiny, g, "overlap:", node_type="TR_TE3DVAEDecode")
 
 
+
+@pytest.mark.parametrize("tile_size,tile_overlap,name", [(100, 16, "tile_size:"), (64, 64, "tile_overlap:")])
+def test_te3d_decode_bad_tiles(server, tiny, tile_size, tile_overlap, name):
+    g = Graph()
+    ck, _, _ = model_and_prompts(g, tiny)
+    d = g.add("TR_TE3DVAEDecode", samples=out(empty_latent(g, 4)), vae=out(ck, 2), mode="te3d", chunk=2,
+              overlap=1, kv_radius=1, temporal_weights="", tile_size=tile_size, tile_overlap=tile_overlap)
+    metrics(g, d)
+    expect_error(server, tiny, g, name, node_type="TR_TE3DVAEDecode")
+
 # == 5. zero / negative steps ===============================================================================
 @pytest.mark.parametrize("node,steps", [("KSampler", 0), ("TR_ILTChunker", 0), ("TR_ILTChunker", -3),
                                         ("TR_DDIMInvert", 0), ("TR_DistilledSigmas", 0), ("TR_DistilledSigmas", 9)])
