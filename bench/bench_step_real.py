@@ -9,6 +9,7 @@ by the pack's own nodes (run through ComfyUI, with the workflow's settings):
 * sw_cfa: TR_SWCFAPatch (tdm_restore: sw_cfa, radius 3, all blocks);
 * slr: TR_SLRAttention on TR_FlowEstimate's flow (zvrd_restore settings);
 * diffir2vr: TR_LatentWarp -> TR_TokenMerge on the same flow (diffir2vr_restore settings);
+* diffir2vr_auto: the same with TR_TokenMerge levels "auto" (merges only where the joint attention pays);
 * ilt: the stock model sampled by TR_ILTChunker's ``chunked_sample`` (mode post, ``--ilt-window`` /
   ``--ilt-overlap``: several windows on the bench frames, so the blending runs).
 
@@ -41,8 +42,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import bench_real_shapes as brs  # noqa: E402
 
-VARIANTS = ("stock", "sw_cfa", "slr", "diffir2vr", "ilt")
-LATE = ("slr", "diffir2vr")  # variants whose cost depends on the step: timed at the last step too
+VARIANTS = ("stock", "sw_cfa", "slr", "diffir2vr", "diffir2vr_auto", "ilt")
+LATE = ("slr", "diffir2vr", "diffir2vr_auto")  # variants whose cost depends on the step: timed at the last step too
 CFG = 4.0
 
 
@@ -65,6 +66,7 @@ def graph(size: int, frames: int, models: dict) -> dict:
         "model": ["23", 0], "flow": ["20", 0], "ratio": 0.75, "chunk_size": 10, "keyframe_mode": "middle", "seed": 0,
         "anneal_start": 0.0, "anneal_end": 1.0, "delta": 1.0, "radius": 4.0, "down_blocks": "flow",
         "up_blocks": "cosine", "pad_bottom": 0, "pad_right": 0, "merge_mode": "replace", "levels": "top2"}}
+    p["25"] = {"class_type": "TR_TokenMerge", "inputs": {**p["24"]["inputs"], "levels": "auto"}}
     return p
 
 
@@ -160,8 +162,9 @@ def run_size(host, models_spec: dict, size: int, frames: int, repeats: int, ilt:
     t0 = time.process_time()
     host.run(prompt, outputs=["20"])
     flow_s = time.process_time() - t0
-    o = host.run(prompt, outputs=["3", "4", "8", "21", "22", "24"])["outputs"]
-    models = {"stock": o["3"][0], "sw_cfa": o["21"][0], "slr": o["22"][0], "diffir2vr": o["24"][0]}
+    o = host.run(prompt, outputs=["3", "4", "8", "21", "22", "24", "25"])["outputs"]
+    models = {"stock": o["3"][0], "sw_cfa": o["21"][0], "slr": o["22"][0], "diffir2vr": o["24"][0],
+              "diffir2vr_auto": o["25"][0]}
     models["ilt"] = models["stock"]
     pos, neg = o["8"][0], o["8"][1]
     latent = o["4"][0]
