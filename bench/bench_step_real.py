@@ -21,7 +21,8 @@ not. "early" is the first step (latent warping and the merge's early ratio activ
 (SLR's trajectory attention active, token merging's annealed ratio). Variants alternate within each
 repeat; the median over repeats is reported, per UNet frame-evaluation (one frame of one of cond / uncond)
 so ILT's overlapping windows compare fairly. "peak +GiB" is the largest rise of the process RSS during
-the evaluation (sampled every 10 ms) over its RSS just before.
+the evaluation (sampled every 10 ms) over its RSS just before; "process peak" the RSS at that peak (all
+models resident).
 
     flock /work/bigmem.lock nice -n 10 .venv/bin/python bench/bench_step_real.py [--sizes 256,512] \\
         [--frames 8] [--repeats 2] [--threads 2]
@@ -120,7 +121,7 @@ def timed_sampler(points: list[str], out: list):
                     dt = time.process_time() - t0
             finally:
                 comfy.model_base.BaseModel.apply_model = original
-            out.append((point, dt, seen[0], (mem.peak - mem.before) / 2 ** 30))
+            out.append((point, dt, seen[0], (mem.peak - mem.before) / 2 ** 30, mem.peak / 2 ** 30))
         return x
 
     return comfy.samplers.KSAMPLER(fn)
@@ -153,7 +154,7 @@ def evaluate(name: str, models: dict, pos, neg, latent: dict, ilt: tuple) -> dic
     for point in points:
         got = [r for r in out if r[0] == point]
         secs, evals = sum(r[1] for r in got), sum(r[2] for r in got)
-        res[point] = (secs / max(evals, 1), evals, max(r[3] for r in got))
+        res[point] = (secs / max(evals, 1), evals, max(r[3] for r in got), max(r[4] for r in got))
     return res
 
 
@@ -182,8 +183,9 @@ def table(results: list, a) -> str:
     lines = [f"one sampling step (cond + uncond, ControlNet, CFG {CFG}) per UNet frame-evaluation, "
              f"{'tiny model' if a.quick else 'full-size random SD1.5 + ControlNet'}, {a.frames} frames, {a.threads} threads, CPU time, median of {a.repeats} "
              f"interleaved repeats; ilt: window {a.ilt_window} overlap {a.ilt_overlap} (mode post)",
-             "| size | variant | step | s / frame-eval | vs stock | frame-evals | peak RSS rise GiB (stock) |",
-             "|---|---|---|---|---|---|---|"]
+             "| size | variant | step | s / frame-eval | vs stock | frame-evals | peak RSS rise GiB (stock) "
+             "| process peak RSS GiB |",
+             "|---|---|---|---|---|---|---|---|"]
     for size, runs, flow_s in results:
         ref = statistics.median(r["early"][0] for r in runs["stock"])
         ref_mem = statistics.median(r["early"][2] for r in runs["stock"])
@@ -191,9 +193,10 @@ def table(results: list, a) -> str:
             for point in runs[v][0]:
                 s = statistics.median(r[point][0] for r in runs[v])
                 mem = statistics.median(r[point][2] for r in runs[v])
+                peak = max(r[point][3] for r in runs[v])
                 lines.append(f"| {size} | {v} | {point} | {s:.3f} | {s / ref:.3f}x | {runs[v][0][point][1]} "
-                             f"| {mem:.2f} ({ref_mem:.2f}) |")
-        lines.append(f"| {size} | (TR_FlowEstimate, once per clip) | - | {flow_s:.2f} s total | - | - | - |")
+                             f"| {mem:.2f} ({ref_mem:.2f}) | {peak:.2f} |")
+        lines.append(f"| {size} | (TR_FlowEstimate, once per clip) | - | {flow_s:.2f} s total | - | - | - | - |")
     return "\n".join(lines)
 
 
