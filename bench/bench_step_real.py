@@ -127,14 +127,14 @@ def timed_sampler(points: list[str], out: list):
     return comfy.samplers.KSAMPLER(fn)
 
 
-def evaluate(name: str, models: dict, pos, neg, latent: dict, ilt: tuple) -> dict:
+def evaluate(name: str, models: dict, pos, neg, latent: dict, ilt: tuple, late=LATE, early=True) -> dict:
     """Time ``name``'s evaluation(s); returns {point: (seconds per frame-eval, frame-evals, peak rise GiB)}.
     ``ilt``: (window, overlap, the chunked_sample of the pack as ComfyUI loaded it)."""
     import comfy.samplers
     import torch
 
     model = models[name]
-    points = ["early"] + (["late"] if name in LATE else [])
+    points = (["early"] if early else []) + (["late"] if name in late else [])
     out: list = []
     sampler = timed_sampler(points, out)
     sigmas = comfy.samplers.KSampler(model, steps=20, device=model.load_device, sampler="euler",
@@ -158,7 +158,7 @@ def evaluate(name: str, models: dict, pos, neg, latent: dict, ilt: tuple) -> dic
     return res
 
 
-def run_size(host, models_spec: dict, size: int, frames: int, repeats: int, ilt: tuple) -> tuple:
+def run_size(host, models_spec: dict, size: int, frames: int, repeats: int, ilt: tuple, a) -> tuple:
     prompt = graph(size, frames, models_spec)
     t0 = time.process_time()
     host.run(prompt, outputs=["20"])
@@ -169,12 +169,15 @@ def run_size(host, models_spec: dict, size: int, frames: int, repeats: int, ilt:
     models["ilt"] = models["stock"]
     pos, neg = o["8"][0], o["8"][1]
     latent = o["4"][0]
-    runs = {v: [] for v in VARIANTS}
-    evaluate("stock", models, pos, neg, latent, ilt)  # warm-up: loads the models, first-touch allocations
+    variants = a.variants.split(",")
+    late = a.late.split(",")
+    runs = {v: [] for v in variants}
+    if not a.no_warmup:
+        evaluate("stock", models, pos, neg, latent, ilt)  # warm-up: loads the models, first-touch allocations
     for r in range(repeats):
-        order = VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS))
+        order = variants if r % 2 == 0 else variants[::-1]
         for v in order:
-            runs[v].append(evaluate(v, models, pos, neg, latent, ilt))
+            runs[v].append(evaluate(v, models, pos, neg, latent, ilt, late, v == "stock" or v not in a.late_only.split(",")))
             print(f"  {size}px repeat {r + 1} {v}: {runs[v][-1]}", flush=True)
     return runs, flow_s
 
@@ -189,7 +192,7 @@ def table(results: list, a) -> str:
     for size, runs, flow_s in results:
         ref = statistics.median(r["early"][0] for r in runs["stock"])
         ref_mem = statistics.median(r["early"][2] for r in runs["stock"])
-        for v in VARIANTS:
+        for v in runs:
             for point in runs[v][0]:
                 s = statistics.median(r[point][0] for r in runs[v])
                 mem = statistics.median(r[point][2] for r in runs[v])
@@ -208,6 +211,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ilt-window", type=int, default=4)
     ap.add_argument("--ilt-overlap", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="evaluated in this order (reversed every other "
+                    "repeat); stock is the reference")
+    ap.add_argument("--late", default=",".join(LATE), help="variants also timed at the last step")
+    ap.add_argument("--late-only", default="", help="variants timed at the last step only (saves time at 512)")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the untimed stock evaluation first")
     ap.add_argument("--quick", action="store_true", help="tiny model, 64 px, 4 frames, 1 repeat: a smoke run")
     a = ap.parse_args()
     if a.quick:
@@ -217,7 +225,7 @@ def main():
     chunked = sys.modules[host.node("TR_ILTChunker").__module__].chunked_sample  # the pack as ComfyUI loaded it
     results = []
     for size in [int(s) for s in a.sizes.split(",")]:
-        runs, flow_s = run_size(host, models_spec, size, a.frames, a.repeats, (a.ilt_window, a.ilt_overlap, chunked))
+        runs, flow_s = run_size(host, models_spec, size, a.frames, a.repeats, (a.ilt_window, a.ilt_overlap, chunked), a)
         results.append((size, runs, flow_s))
         print(table(results[-1:], a), flush=True)
     if len(results) > 1:
