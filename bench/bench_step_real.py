@@ -177,7 +177,8 @@ def run_size(host, models_spec: dict, size: int, frames: int, repeats: int, ilt:
     for r in range(repeats):
         order = variants if r % 2 == 0 else variants[::-1]
         for v in order:
-            runs[v].append(evaluate(v, models, pos, neg, latent, ilt, late, v == "stock" or v not in a.late_only.split(",")))
+            early = v == "stock" or v not in a.late_only.split(",")
+            runs[v].append(evaluate(v, models, pos, neg, latent, ilt, late, early))
             print(f"  {size}px repeat {r + 1} {v}: {runs[v][-1]}", flush=True)
     return runs, flow_s
 
