@@ -106,9 +106,10 @@ def stock_prompt(size: int, frames: int, steps: int, cfg: float, models: dict) -
 
 
 # ---------------------------------------------------------------- worker (one run, fresh process)
-def worker(spec: dict) -> dict:
-    import resource
-
+def open_host(spec: dict):
+    """A ComfyHost (tests/harness) with the bench models linked into its models folders and the bench clip in
+    its input folder; the ControlNet file is pre-loaded into the pack's cache (a loader cost on both sides).
+    ``spec``: {"threads", "quick", "models"} as built by :func:`main`."""
     import torch
 
     torch.set_num_threads(spec["threads"])
@@ -120,7 +121,6 @@ def worker(spec: dict) -> dict:
     base = paths.base_dir("bench")
     host = ComfyHost(base)
     import comfy.controlnet
-    import comfy.model_base
     import folder_paths
 
     models = spec["models"]
@@ -133,9 +133,16 @@ def worker(spec: dict) -> dict:
         if not os.path.exists(dst):
             os.symlink(models[key + "_path"], dst)
     shutil.copyfile(CLIP_FILE, os.path.join(base, "input", os.path.basename(CLIP_FILE)))
-    # the ControlNet read is a loader cost on both sides: pre-load the pack's cache
     tp = sys.modules[host.node("TR_TaskPromptControlNet").__module__]
     tp.load_cached(folder_paths.get_full_path("controlnet", models["controlnet"]), comfy.controlnet.load_controlnet)
+    return host
+
+
+def worker(spec: dict) -> dict:
+    import resource
+
+    host = open_host(spec)
+    import comfy.model_base
 
     items = [0]
     original = comfy.model_base.BaseModel.apply_model

@@ -148,7 +148,8 @@ def token_merge_attn1_patch(n, context, value, extra_options, *args, **kwargs):
     if plan is None:
         plan = tm.plan_merge(n, n_chunks, h, w, idx, r, chunk_size=cfg.chunk_size, mode=mode, flow=flow,
                              R=cfg.radius, keyframe_mode=cfg.keyframe_mode, seed=cfg.seed, valid=valid,
-                             merge_mode=cfg.merge_mode, num_frames=None if cfg.flow is None else cfg.flow.num_frames)
+                             merge_mode=cfg.merge_mode, num_frames=None if cfg.flow is None else cfg.flow.num_frames,
+                             max_cost=tm.AUTO_MAX_COST if cfg.levels == "auto" else None)
         if plan_key is not None and plan is not None:
             with cfg._lock:
                 if len(cfg._plans) > 64:
@@ -237,7 +238,9 @@ class TokenMerge(io.ComfyNode):
                                tooltip="top2: merge only at the two highest resolutions, never in the middle block "
                                        "(official code). all: every self-attention layer (earlier default). auto: the top2 "
                                        "layers with at least 64 tokens per frame (merging smaller grids costs more than "
-                                       "it saves; equals top2 at 256 px and more). With "
+                                       "it saves), and only while the merged chunk's joint attention costs less than "
+                                       "per-frame attention (at a low or annealed ratio it costs more: 8 frames at "
+                                       "512 px, r 0.3, 4.9x). With "
                                        "replace / top2 / chunk 10 middle the demo model's token-merging row went from "
                                        "PSNR 24.47, warping error 0.0331, flicker 0.0075 to 24.43, 0.0330, 0.0073 "
                                        "(scripts/evaluate.py --groups diffir2vr)."),

@@ -59,6 +59,13 @@ LEVELS = ("top2", "all", "auto")
 #: thread): 16 tokens x 320 ch 1.47x / 1.16x stock (merging costs more than it saves), 64 x 320 0.92x /
 #: 0.72x, 64 x 640 0.66x, 256 x 640 0.64x / 0.57x, 1024 x 320 0.81x / 0.88x.
 AUTO_MIN_TOKENS = 64
+#: ``levels="auto"``: largest :func:`joint_cost` at which a layer still merges. A merged frame chunk is ONE
+#: attention sequence (joint attention over the chunk, VidToMe / DiffIR2VR-Zero), quadratic in its length: 8
+#: frames of 4096 tokens x 320 ch (SD1.5 at 512 px), one thread, per-frame SDPA 5.4 s; merged at r 0.75 to
+#: 11264 tokens 5.1 s + plan / merge / unmerge 0.5 s; at r 0.3 (24167 tokens) 26.3 s; at r 0.06 (the
+#: end of Eq. 8's annealing, 31048 tokens) 41.3 s (bench/bench_step_real.py discussion, issue 20). The
+#: plan / merge / unmerge cost ~10% of the per-frame attention, hence the margin below 1.
+AUTO_MAX_COST = 0.9
 
 
 def merge_level(block, h: int, w: int, latent_h: int, latent_w: int, levels: str = "top2") -> bool:
@@ -69,7 +76,8 @@ def merge_level(block, h: int, w: int, latent_h: int, latent_w: int, levels: str
     most 2x (SD1.5: the two highest resolutions, 4 of the down and 6 of the up attention layers) and never
     the middle block. ``"all"``: every layer (this pack's earlier behaviour). ``"auto"``: the ``"top2"`` layers
     whose grid has at least :data:`AUTO_MIN_TOKENS` tokens per frame (below that merging costs more than
-    the attention it saves; at SD1.5 shapes of 256 px and more ``"auto"`` equals ``"top2"``)."""
+    the attention it saves; at SD1.5 shapes of 256 px and more ``"auto"`` equals ``"top2"`` here), and
+    :func:`plan_merge` skips a layer whose merged joint attention would cost more (``max_cost``)."""
     if levels not in LEVELS:
         raise ValueError(f"levels: expected one of {LEVELS}, got {levels!r}")
     if levels == "all":
@@ -277,6 +285,19 @@ def merge_counts(sizes: Sequence[int], n_tokens: int, ratio: float) -> list[int]
     return [f * n_tokens - M for f in sizes]
 
 
+def joint_cost(sizes: Sequence[int], n_tokens: int, ratio: float, channels: int) -> float:
+    """Cost of one self-attention layer on the merged chunks relative to the unmerged per-frame layer.
+
+    A chunk of ``F`` frames merged to ``M`` tokens (:func:`merge_counts`) is one sequence: attention costs
+    ``2 M^2 C`` multiply-adds (q k^T and the weighted sum of v) plus ``4 M C^2`` for the q, k, v and output
+    projections, against ``F (2 N^2 C + 4 N C^2)`` per-frame. Returns sum over chunks merged / unmerged."""
+    counts = merge_counts(sizes, n_tokens, ratio)
+    c = int(channels)
+    merged = sum(2 * (f * n_tokens - m) ** 2 * c + 4 * (f * n_tokens - m) * c * c for f, m in zip(sizes, counts))
+    plain = sum(sizes) * (2 * n_tokens ** 2 * c + 4 * n_tokens * c * c)
+    return merged / max(plain, 1)
+
+
 def build_dest(n_frames: int, key: int, index: Tensor, score: Tensor, m: int, n_tokens: int,
                base: int) -> tuple[Tensor, int]:
     """Slots of the tokens of one frame chunk.
@@ -342,7 +363,7 @@ FlowLookup = Callable[[int, int], tuple[Tensor, Tensor, Tensor]]
 def plan_merge(x: Tensor, n_chunks: int, h: int, w: int, frame_idx: Sequence[int], ratio: float,
                chunk_size: int = 4, mode: str = "cosine", flow: Optional[FlowLookup] = None, R: float = 4.0,
                keyframe_mode: str = "random", seed: int = 0, valid: Optional[Tensor] = None,
-               merge_mode: str = "mean", num_frames: Optional[int] = None):
+               merge_mode: str = "mean", num_frames: Optional[int] = None, max_cost: Optional[float] = None):
     """Plan token merging for one attention call and return ``(merge, unmerge)`` or ``None``.
 
     ``x [n_chunks * F, N, C]`` (``N = h*w``, frames contiguous per cond/uncond chunk, never mixed),
@@ -350,6 +371,8 @@ def plan_merge(x: Tensor, n_chunks: int, h: int, w: int, frame_idx: Sequence[int
     ``flow(a, b) -> (f_ab [2,h,w], occ_a [1,h,w], conf)`` on the token grid (absolute indices).
     ``merge_mode``: ``"mean"`` or ``"replace"`` (:func:`make_merge`); ``num_frames`` (clip length) bounds
     the last chunk for the keyframe choice (:func:`latent_warp.choose_keyframes`, shared with latent warping).
+    ``max_cost``: return ``None`` when the merged layer would cost more than this share of the unmerged
+    one (:func:`joint_cost`; ``levels="auto"`` passes :data:`AUTO_MAX_COST`), so merging runs where it pays.
     Returns ``None`` (no patch: bit-identical) when ``ratio == 0`` or no chunk has two frames.
     """
     if mode not in MATCH_MODES:
@@ -364,6 +387,8 @@ def plan_merge(x: Tensor, n_chunks: int, h: int, w: int, frame_idx: Sequence[int
     if all(len(g[1]) < 2 for g in groups):
         return None
     counts = merge_counts([len(g[1]) for g in groups], N, ratio)
+    if max_cost is not None and joint_cost([len(g[1]) for g in groups], N, ratio, C) > max_cost:
+        return None
     if mode == "flow" and flow is None:
         raise ValueError("flow: flow-guided matching needs a FLOW (connect TR_FlowEstimate)")
     flow_cache: dict[int, tuple[Tensor, Tensor]] = {}

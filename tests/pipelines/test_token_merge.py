@@ -196,3 +196,21 @@ def test_auto_levels_skip_grids_below_the_token_floor():
             for block in (("input", 1), ("middle", 0), ("output", 9)):
                 g = lat // ds
                 assert tm.merge_level(block, g, g, lat, lat, "auto") == tm.merge_level(block, g, g, lat, lat, "top2")
+
+
+def test_joint_cost_skips_merging_where_the_merged_attention_costs_more():
+    """A merged chunk is one attention sequence: at a high ratio it is cheaper than per-frame attention, at a
+    low (annealed) ratio dearer; with max_cost (levels="auto") plan_merge then returns None (no patch)."""
+    F, side, C = 8, 8, 8
+    N = side * side
+    high, low = tm.joint_cost([F], N, 0.75, C), tm.joint_cost([F], N, 0.3, C)
+    assert high < tm.AUTO_MAX_COST < 1.0 < low
+    # the cost model by hand for r 0.3: 134 of the 7 * 64 source tokens merged, one sequence of 378 tokens
+    merged = 2 * 378 ** 2 * C + 4 * 378 * C * C
+    assert low == pytest.approx(merged / (F * (2 * N ** 2 * C + 4 * N * C * C)))
+    x = torch.randn(F, N, C, generator=torch.Generator().manual_seed(0))
+    kw = dict(chunk_size=10, mode="cosine", keyframe_mode="middle", merge_mode="replace")
+    assert tm.plan_merge(x, 1, side, side, list(range(F)), 0.3, **kw) is not None
+    assert tm.plan_merge(x, 1, side, side, list(range(F)), 0.3, max_cost=tm.AUTO_MAX_COST, **kw) is None
+    plan = tm.plan_merge(x, 1, side, side, list(range(F)), 0.75, max_cost=tm.AUTO_MAX_COST, **kw)
+    assert plan is not None and plan[0](x).shape[1] < F * N
