@@ -53,6 +53,7 @@ from harness import fixtures as _fixtures  # noqa: E402  (fixtures defined in te
 comfy_host = _fixtures.comfy_host
 tiny = _fixtures.tiny
 tiny_by_family = _fixtures.tiny_by_family
+tiny_sd15_loaded = _fixtures.tiny_sd15_loaded
 server = _fixtures.server
 sample_clip = _fixtures.sample_clip
 

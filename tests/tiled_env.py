@@ -10,16 +10,13 @@ TILE, OV = 16, 4  # latent cells: 128 px tiles, 32 px overlap -> 2 x 3 tiles
 
 
 @pytest.fixture(scope="module")
-def tiled_env(comfy_host, tiny):
+def tiled_env(tiny, tiny_sd15_loaded):
     import comfy.controlnet
-    import comfy.sd
 
-    model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(tiny["checkpoint_path"], output_vae=False,
-                                                             output_clip=True)
-    enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
+    loaded = tiny_sd15_loaded
     g = torch.Generator().manual_seed(0)
-    return {"model": model, "cn": comfy.controlnet.load_controlnet(tiny["controlnet_path"]),
-            "pos": enc("a photo"), "neg": enc(""),
+    return {"model": loaded["model"], "cn": comfy.controlnet.load_controlnet(tiny["controlnet_path"]),
+            "pos": loaded["pos"], "neg": loaded["neg"],
             # a left-to-right ramp: the tile's crop of it differs from the whole hint squeezed into the tile
             "hint": 0.2 * torch.rand(FRAMES, H * 8, W * 8, 3, generator=g)
             + 0.8 * torch.linspace(0, 1, W * 8).reshape(1, 1, W * 8, 1),

@@ -80,6 +80,19 @@ def tiny_by_family(comfy_host, tiny):
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_sd15_loaded(comfy_host, tiny):
+    """The tiny SD1.5 loaded by ComfyUI's own detection, with two encoded prompts:
+    {"model": ModelPatcher, "clip": CLIP, "pos": "a photo", "neg": ""}. Module scope: a module that patches
+    the model in place can't leak into another."""
+    import comfy.sd
+
+    model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(tiny["checkpoint_path"], output_vae=False,
+                                                             output_clip=True)
+    enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
+    return {"model": model, "clip": clip, "pos": enc("a photo"), "neg": enc("")}
+
+
 @pytest.fixture(scope="session")
 def sample_clip():
     if not os.path.exists(SAMPLE_CLIP):

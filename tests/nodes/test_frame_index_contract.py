@@ -10,14 +10,10 @@ FRAMES = 3
 
 
 @pytest.fixture(scope="module")
-def setup(comfy_host, tiny):
-    import comfy.sd
-
-    model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(tiny["checkpoint_path"], output_vae=False,
-                                                             output_clip=True)
-    enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
+def setup(tiny_sd15_loaded):
+    loaded = tiny_sd15_loaded
     g = torch.Generator().manual_seed(0)
-    return {"model": model, "pos": enc("a photo"), "neg": enc(""),
+    return {"model": loaded["model"], "pos": loaded["pos"], "neg": loaded["neg"],
             "latent": torch.randn(FRAMES, 4, 8, 8, generator=g), "noise": torch.randn(FRAMES, 4, 8, 8, generator=g)}
 
 

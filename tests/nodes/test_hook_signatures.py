@@ -9,13 +9,9 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def objects(comfy_host, tiny):
-    import comfy.sd
-
-    model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(tiny["checkpoint_path"], output_vae=False,
-                                                             output_clip=True)
-    enc = lambda t: clip.encode_from_tokens_scheduled(clip.tokenize(t))  # noqa: E731
-    return model, enc("a photo"), enc("")
+def objects(tiny_sd15_loaded):
+    loaded = tiny_sd15_loaded
+    return loaded["model"], loaded["pos"], loaded["neg"]
 
 
 def _tolerant(fn) -> bool:
