@@ -13,7 +13,13 @@ Every run is a fresh subprocess (so its peak RSS is its own), pack and stock alt
   ControlNet file is pre-loaded: its read is excluded on both sides);
 * per step: CPU time of the sampling node(s) per UNet frame-evaluation (a batch item of one frame,
   cond and uncond counted apart), so batch-1 and batched samplers compare fairly;
-* peak RSS of the process.
+* peak RSS of the process, and the node during which it was reached.
+
+Attention backend (``--attention``): ``pytorch`` (default) runs ComfyUI with ``--use-pytorch-cross-attention``,
+what ComfyUI picks on NVIDIA GPUs, so peaks depend on the workflow only. On CPU ComfyUI otherwise picks
+``attention_sub_quad``, which sizes its query chunks so a score chunk fills up to a quarter of the RAM free
+at that moment: its peak RSS follows the machine's free RAM (2 GiB apart between two runs of the same step
+at 512 px), not the workflow. ``--attention sub_quad`` keeps that default for comparison.
 
 The full-size random SD1.5 (859 M UNet, 123 M CLIP, 84 M VAE) and ControlNet (361 M) are built once
 by bench/_real_model.py into ``.host/bench-cache`` (fp16, 2.4 GB; about 2 minutes); no download.
@@ -118,6 +124,12 @@ def open_host(spec: dict):
     from harness import paths
     from harness.inprocess import ComfyHost
 
+    if paths.COMFY_DIR not in sys.path:
+        sys.path.insert(0, paths.COMFY_DIR)
+    import comfy.options  # noqa: F401  (read by comfy.model_management at import: set before the host opens)
+    from comfy.cli_args import args
+
+    args.use_pytorch_cross_attention = spec.get("attention", "pytorch") == "pytorch"
     base = paths.base_dir("bench")
     host = ComfyHost(base)
     import comfy.controlnet
@@ -141,6 +153,9 @@ def open_host(spec: dict):
 def worker(spec: dict) -> dict:
     import resource
 
+    import psutil
+
+    free_gib = psutil.virtual_memory().available / 2 ** 30
     host = open_host(spec)
     import comfy.model_base
 
@@ -153,14 +168,17 @@ def worker(spec: dict) -> dict:
 
     comfy.model_base.BaseModel.apply_model = counting  # bench process only: counts UNet frame-evaluations
     times: dict = {}
-    state = {"node": None, "t": None}
+    state = {"node": None, "t": None, "peak": 0.0, "peak_node": None}
 
     def mark(event, data, sid=None):
         if event == "executing":
             now = time.process_time()
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
             if state["node"] is not None:
                 times[state["node"]] = times.get(state["node"], 0.0) + now - state["t"]
-            state["node"], state["t"] = data.get("node"), now
+                if peak > state["peak"] + 0.05:  # the node that raised the process peak last
+                    state["peak_node"] = state["node"]
+            state["node"], state["t"], state["peak"] = data.get("node"), now, max(state["peak"], peak)
 
     host.server.send_sync = mark
     prompt = spec["prompt"]
@@ -181,8 +199,12 @@ def worker(spec: dict) -> dict:
         raise RuntimeError(f"execution failed: {host.executor.status_messages[-1]}")
     whole = sum(t for nid, t in times.items() if nid in prompt and prompt[nid]["class_type"] not in NOT_COUNTED)
     sampling = sum(times.get(nid, 0.0) for nid in spec["sampling"])
-    return {"whole": whole, "sampling": sampling, "items": items[0],
-            "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+    node = state["peak_node"]
+    import comfy.ldm.modules.attention as attention
+
+    return {"attention": attention.optimized_attention.__name__, "whole": whole, "sampling": sampling, "items": items[0],
+            "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "free_gib": free_gib,
+            "peak_node": f"{node} {prompt[node]['class_type']}" if node in prompt else str(node)}
 
 
 def _run(spec: dict) -> dict:
@@ -222,6 +244,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=1, help="pack/stock pairs per configuration")
     ap.add_argument("--workflows", default=",".join(WORKFLOWS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--attention", choices=("pytorch", "sub_quad"), default="pytorch",
+                    help="ComfyUI attention backend for both sides (see the module docstring)")
     ap.add_argument("--quick", action="store_true", help="tiny model, 64 px, 4 frames, 1 step: a smoke run")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -242,7 +266,7 @@ def main():
             sampling, _, cfg = WORKFLOWS[name]
             res = {"pack": [], "stock": []}
             for _ in range(a.repeats):
-                common = {"threads": a.threads, "quick": a.quick, "models": models}
+                common = {"threads": a.threads, "quick": a.quick, "models": models, "attention": a.attention}
                 p = _run({**common, "sampling": sampling, "prompt": pack_prompt(name, size, a.frames, a.steps, models)})
                 res["pack"].append(p)
                 per_eval = a.frames * (2 if cfg != 1.0 else 1)
@@ -252,23 +276,27 @@ def main():
             rows.append((name, size, res))
             print("  done: " + _row(name, size, res), flush=True)  # each row as soon as measured
     print(f"\nbundled workflows vs stock batched KSampler ({'tiny model' if a.quick else 'full-size random SD1.5 + ControlNet'}, "
-          f"{a.frames} frames, --steps {a.steps}, {a.threads} threads, CPU time, median of {a.repeats} interleaved pairs)")
+          f"{a.frames} frames, --steps {a.steps}, {a.threads} threads, {a.attention} attention, CPU time, "
+          f"median of {a.repeats} interleaved pairs)")
+    print(f"ComfyUI attention function in the runs: {sorted({r['attention'] for _, _, res in rows for v in res.values() for r in v})}")
     print(HEADER)
     for name, size, res in rows:
         print(_row(name, size, res))
 
 
 HEADER = ("| workflow | size | whole prompt pack / stock | per step pack / stock | UNet frame-evals pack / stock "
-          "| peak RSS pack / stock GiB |\n|---|---|---|---|---|---|")
+          "| peak RSS pack / stock GiB | peak reached in (last run) | free RAM at start GiB |\n|---|---|---|---|---|---|---|---|")
 
 
 def _row(name: str, size: int, res: dict) -> str:
-    med = {k: {f: statistics.median(r[f] for r in v) for f in ("whole", "sampling", "items", "rss_gib")}
+    med = {k: {f: statistics.median(r[f] for r in v) for f in ("whole", "sampling", "items", "rss_gib", "free_gib")}
            for k, v in res.items()}
     pk, st = med["pack"], med["stock"]
     per = (pk["sampling"] / max(pk["items"], 1)) / (st["sampling"] / max(st["items"], 1))
     return (f"| {name} | {size} | {pk['whole']:.1f}s / {st['whole']:.1f}s = {pk['whole'] / st['whole']:.2f}x "
-            f"| {per:.2f}x | {pk['items']:.0f} / {st['items']:.0f} | {pk['rss_gib']:.2f} / {st['rss_gib']:.2f} |")
+            f"| {per:.2f}x | {pk['items']:.0f} / {st['items']:.0f} | {pk['rss_gib']:.2f} / {st['rss_gib']:.2f} "
+            f"= {pk['rss_gib'] / st['rss_gib']:.2f}x | {res['pack'][-1]['peak_node']} / {res['stock'][-1]['peak_node']} "
+            f"| {pk['free_gib']:.1f} / {st['free_gib']:.1f} |")
 
 
 if __name__ == "__main__":
