@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ..tr_cli.ui_format import FAMILY_LABELS
+
 
 def _shape(x: Any):
     return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -105,11 +107,11 @@ def check_steps(steps: Any, name: str = "steps", minimum: int = 1, maximum: int 
 
 #: the model families the pack knows, by ComfyUI model-config class (``comfy.supported_models``), most
 #: specific first (``SD_X4Upscaler`` derives from ``SD20``), with the names used in messages
-FAMILIES = (("sd_x4", "SD_X4Upscaler", "SD x4 upscaler"), ("sdxl", "SDXL", "SDXL"), ("sd2", "SD20", "SD2.x"),
-            ("sd15", "SD15", "SD1.5"))
+#: (labels: tr_cli/ui_format, which the runner reads without loading the pack)
+FAMILIES = tuple((f, cls_name, FAMILY_LABELS[f]) for f, cls_name in (
+    ("sd_x4", "SD_X4Upscaler"), ("sdxl", "SDXL"), ("sd2", "SD20"), ("sd15", "SD15")))
 #: every UNet family (ComfyUI's openaimodel UNet: input/middle/output blocks with SpatialTransformers)
 UNET_FAMILIES = ("sd15", "sd2", "sdxl", "sd_x4")
-FAMILY_LABELS = {f: label for f, _, label in FAMILIES}
 
 
 def model_family(model: Any) -> str:
@@ -129,7 +131,8 @@ def model_family(model: Any) -> str:
     return type(cfg).__name__
 
 
-#: image pixels per latent cell, per family, of the frames a latent is made from: the 8x KL VAE of SD1.5 / 2.x /
+#: image pixels per cell of the MODEL's input grid, per family, of the frames a latent is made from (not the
+#: VAE's ``downscale_ratio``, which TE-3D tiles read: the two differ on the x4 upscaler): the 8x KL VAE of SD1.5 / 2.x /
 #: SDXL; the SD x4 upscaler's latent is the low-resolution frames' own grid (SD_4XUpscale_Conditioning builds it
 #: at pixels x scale_ratio / 4, scale_ratio 4 being the model's; its VAE then decodes 4x)
 LATENT_PIXELS = {"sd15": 8, "sd2": 8, "sdxl": 8, "sd_x4": 1}

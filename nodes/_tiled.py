@@ -199,16 +199,22 @@ class TiledSampling(Shared):
         return executor(model, shape, *args, **kwargs)
 
 
-def latent_tile_settings(tile_size, overlap, factor: int = 8) -> tuple[int, int]:
-    """The node's pixel inputs as latent cells (``/ factor``, image pixels per latent cell:
-    nodes/_checks.LATENT_PIXELS), checked: ``tile_size`` a multiple of 8 of at least 64 pixels, ``overlap``
-    a multiple of 8 below ``tile_size``."""
-    for name, v, lo in (("tile_size", tile_size, 64), ("overlap", overlap, 0)):
-        if int(v) != v or int(v) < lo or int(v) % 8:
-            raise ValueError(f"{name}: expected a multiple of 8 pixels of at least {lo} (the latent grid is 1/{factor} "
-                             f"of the image), got {v!r}")
+def latent_tile_settings(tile_size, overlap, factor: int = 8, minimum: int = 64, multiple: int = 8,
+                         names: tuple[str, str] = ("tile_size", "overlap"), zero_untiled: bool = False) -> tuple[int, int]:
+    """The node's pixel inputs as latent cells (``/ factor``, image pixels per cell of the grid being tiled:
+    nodes/_checks.LATENT_PIXELS for the model's grid, the VAE's ``downscale_ratio`` for a decoder), checked:
+    ``tile_size`` a multiple of ``multiple`` pixels of at least ``minimum``, ``overlap`` a multiple of
+    ``multiple`` below ``tile_size``; errors name the inputs by ``names``. ``zero_untiled``: ``tile_size`` 0
+    means untiled and gives ``(0, 0)`` (the overlap still checked, so a bad value is not kept silently)."""
+    untiled = zero_untiled and tile_size == 0
+    for name, v, lo in ((names[0], tile_size, minimum), (names[1], overlap, 0))[1 if untiled else 0:]:
+        if int(v) != v or int(v) < lo or int(v) % multiple:
+            raise ValueError(f"{name}: expected a multiple of {multiple} pixels of at least {lo} (the latent grid is "
+                             f"1/{factor} of the image), got {v!r}")
+    if untiled:
+        return 0, 0
     if int(overlap) >= int(tile_size):
-        raise ValueError(f"overlap: expected fewer pixels than tile_size ({tile_size}), got {overlap}")
+        raise ValueError(f"{names[1]}: expected fewer pixels than {names[0]} ({tile_size}), got {overlap}")
     return int(tile_size) // factor, int(overlap) // factor
 
 

@@ -32,6 +32,7 @@ from comfy_api.latest import io
 
 from ..pipelines import te3d_vae
 from ._checks import check_finite, check_latent
+from ._tiled import latent_tile_settings
 
 log = logging.getLogger("temporal_restore")
 
@@ -132,15 +133,8 @@ def tile_cells(vae, tile_size: int, tile_overlap: int) -> tuple[int, int]:
     ValueError naming the input unless both are multiples of the VAE's scale and the overlap is below the tile."""
     ratio = getattr(vae, "downscale_ratio", 8)
     ratio = ratio if isinstance(ratio, int) and ratio > 0 else 8
-    for name, v, lo in (("tile_size", tile_size, 0), ("tile_overlap", tile_overlap, 0)):
-        if int(v) != v or v < lo or v % ratio:
-            raise ValueError(f"{name}: expected a multiple of {ratio} pixels (the VAE's latent cell) of at least "
-                             f"{lo}, got {v!r}")
-    if tile_size == 0:
-        return 0, 0
-    if tile_overlap >= tile_size:
-        raise ValueError(f"tile_overlap: expected fewer pixels than tile_size ({tile_size}), got {tile_overlap}")
-    return tile_size // ratio, tile_overlap // ratio
+    return latent_tile_settings(tile_size, tile_overlap, factor=ratio, minimum=ratio, multiple=ratio,
+                                names=("tile_size", "tile_overlap"), zero_untiled=True)
 
 
 def te3d_decode(vae, samples: torch.Tensor, mode: str = "te3d", chunk: int = 8, overlap: int = 2,
