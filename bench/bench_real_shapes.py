@@ -167,6 +167,22 @@ def worker(spec: dict) -> dict:
         return original(self, x, *args, **kwargs)
 
     comfy.model_base.BaseModel.apply_model = counting  # bench process only: counts UNet frame-evaluations
+    import comfy.sd
+
+    vae_time = {"decode": 0.0, "encode": 0.0}
+
+    def timed(name):  # CPU time inside VAE.decode / VAE.encode, whichever node calls them
+        inner = getattr(comfy.sd.VAE, name)
+
+        def wrapper(self, *args, **kwargs):
+            t0 = time.process_time()
+            try:
+                return inner(self, *args, **kwargs)
+            finally:
+                vae_time[name] += time.process_time() - t0
+        return wrapper
+
+    comfy.sd.VAE.decode, comfy.sd.VAE.encode = timed("decode"), timed("encode")
     times: dict = {}
     state = {"node": None, "t": None, "peak": 0.0, "peak_node": None}
 
@@ -202,7 +218,11 @@ def worker(spec: dict) -> dict:
     node = state["peak_node"]
     import comfy.ldm.modules.attention as attention
 
-    return {"attention": attention.optimized_attention.__name__, "whole": whole, "sampling": sampling, "items": items[0],
+    by_class: dict = {}
+    for nid, t in times.items():
+        if nid in prompt:
+            by_class[prompt[nid]["class_type"]] = by_class.get(prompt[nid]["class_type"], 0.0) + t
+    return {"attention": attention.optimized_attention.__name__, "nodes": by_class, "vae_s": vae_time, "whole": whole, "sampling": sampling, "items": items[0],
             "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "free_gib": free_gib,
             "peak_node": f"{node} {prompt[node]['class_type']}" if node in prompt else str(node)}
 
@@ -282,6 +302,16 @@ def main():
     print(HEADER)
     for name, size, res in rows:
         print(_row(name, size, res))
+    print("\nwhere the CPU time went (last pair; node classes over 2% of the run, and the time inside VAE.decode / "
+          "VAE.encode whichever node called them), pack || stock:")
+    for name, size, res in rows:
+        print(f"{name} {size}: {_split(res['pack'][-1])} || {_split(res['stock'][-1])}")
+
+
+def _split(r: dict) -> str:
+    total = sum(r["nodes"].values()) or 1.0
+    parts = [f"{k} {v:.1f}s" for k, v in sorted(r["nodes"].items(), key=lambda kv: -kv[1]) if v > 0.02 * total]
+    return ", ".join(parts) + f"; VAE decode {r['vae_s']['decode']:.1f}s, encode {r['vae_s']['encode']:.1f}s"
 
 
 HEADER = ("| workflow | size | whole prompt pack / stock | per step pack / stock | UNet frame-evals pack / stock "
