@@ -117,14 +117,15 @@ def configurations(ctx, groups=DEFAULT_GROUPS):
             return (distilled.DistilledSampler.execute(1.0, 1.0, True).args[0],
                     distilled.distilled_sigmas(model, "trailing", 4, 0.5, 50))
 
-        def recurrent():
+        def recurrent(group):
             smp, sig = fast_parts()
             return recurrent_restore.recurrent_sample(model, enc(prompt), enc(""), smp, sig, {"samples": lat},
                                                       ctx.degraded, ctx.seed, 1.0, 0.5, control_net=ctx.control,
-                                                      vae=ctx.vae)[0]["samples"]
+                                                      vae=ctx.vae, group=group)[0]["samples"]
 
         rows += [("distilled", "DistilledSampler 4-step, per frame", lambda: sample(model, *fast_parts())),
-                 ("distilled", "D2-VR fast restore (recurrent, 4-step)", recurrent)]
+                 ("distilled", "D2-VR fast restore (recurrent, 4-step)", lambda: recurrent(1)),
+                 ("distilled", "D2-VR fast restore (recurrent, 4-step, group 4)", lambda: recurrent(4))]
     if "te3d" in groups:
         from temporal_restore.nodes import te3d_vae
 
