@@ -11,8 +11,9 @@ Every run is a fresh subprocess (so its peak RSS is its own), pack and stock alt
 (pack, stock, pack, stock, ...) and only one runs at a time. Reported per configuration:
 * whole prompt: CPU time of every node except loaders, the video source and the preview (the
   ControlNet file is pre-loaded: its read is excluded on both sides);
-* per step: CPU time of the sampling node(s) per UNet frame-evaluation (a batch item of one frame,
-  cond and uncond counted apart), so batch-1 and batched samplers compare fairly;
+* per step: CPU time of the sampling node(s), less the VAE decodes they make (TR_RecurrentRestore's),
+  per UNet frame-evaluation (a batch item of one frame, cond and uncond counted apart), so batch-1 and
+  batched samplers compare fairly;
 * peak RSS of the process, and the node during which it was reached.
 
 Attention backend (``--attention``): ``pytorch`` (default) runs ComfyUI with ``--use-pytorch-cross-attention``,
@@ -55,6 +56,8 @@ WORKFLOWS = {
     "zvrd": (["18"], {"17": {"steps": "S"}}, 4.0),
     "fast": (["10"], {}, 1.5),
     "fast_g4": (["10"], {"10": {"group": 4}}, 1.5),  # fast_restore with TR_RecurrentRestore group 4 (batched)
+    # fast_restore as before decode_images: a VAEDecode after the restore, which decodes each anchor again
+    "fast_vaedecode": (["10"], {"10": {"decode_images": False}}, 1.5),
     "long_clip": (["9"], {"9": {"steps": "S"}}, 4.0),
 }
 NOT_COUNTED = {"CheckpointLoaderSimple", "ControlNetLoader", "LoadVideo", "GetVideoComponents", "ImageScale",
@@ -76,7 +79,7 @@ def _source(prompt: dict, size: int, frames: int) -> None:
 
 
 def pack_prompt(name: str, size: int, frames: int, steps: int, models: dict) -> dict:
-    with open(os.path.join(REPO, "workflows", "api", f"{re.sub(r'_g[0-9]+$', '', name)}_restore.json")) as f:
+    with open(os.path.join(REPO, "workflows", "api", f"{re.sub(r'_(g[0-9]+|vaedecode)$', '', name)}_restore.json")) as f:
         prompt = json.load(f)
     for node in prompt.values():
         ins = node["inputs"]
@@ -87,6 +90,9 @@ def pack_prompt(name: str, size: int, frames: int, steps: int, models: dict) -> 
     for nid, cuts in WORKFLOWS[name][1].items():
         for k, v in cuts.items():
             prompt[nid]["inputs"][k] = steps if v == "S" else v
+    if name == "fast_vaedecode":
+        prompt["11"] = {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["3", 2]}}
+        prompt["30"]["inputs"]["restored"] = ["11", 0]
     _source(prompt, size, frames)
     return prompt
 
@@ -170,6 +176,7 @@ def worker(spec: dict) -> dict:
     import comfy.sd
 
     vae_time = {"decode": 0.0, "encode": 0.0}
+    vae_in_node: dict = {}  # node id -> CPU time inside VAE calls made by that node
 
     def timed(name):  # CPU time inside VAE.decode / VAE.encode, whichever node calls them
         inner = getattr(comfy.sd.VAE, name)
@@ -179,7 +186,9 @@ def worker(spec: dict) -> dict:
             try:
                 return inner(self, *args, **kwargs)
             finally:
-                vae_time[name] += time.process_time() - t0
+                dt = time.process_time() - t0
+                vae_time[name] += dt
+                vae_in_node[state["node"]] = vae_in_node.get(state["node"], 0.0) + dt
         return wrapper
 
     comfy.sd.VAE.decode, comfy.sd.VAE.encode = timed("decode"), timed("encode")
@@ -214,7 +223,8 @@ def worker(spec: dict) -> dict:
     if not host.executor.success:
         raise RuntimeError(f"execution failed: {host.executor.status_messages[-1]}")
     whole = sum(t for nid, t in times.items() if nid in prompt and prompt[nid]["class_type"] not in NOT_COUNTED)
-    sampling = sum(times.get(nid, 0.0) for nid in spec["sampling"])
+    # a sampling node's own VAE decodes (TR_RecurrentRestore's hint / images) are not sampling steps
+    sampling = sum(times.get(nid, 0.0) - vae_in_node.get(nid, 0.0) for nid in spec["sampling"])
     node = state["peak_node"]
     import comfy.ldm.modules.attention as attention
 

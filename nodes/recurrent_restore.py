@@ -62,8 +62,10 @@ def _with_hint(conditioning, control_net, hint, strength, vae, memo):
 def recurrent_sample(model, positive, negative, sampler, sigmas, latent: dict, images: torch.Tensor, seed: int,
                      cfg: float, strength: float, flow=None, tau: float = recurrent_align.DEFAULT_TAU,
                      blur: float = recurrent_align.DEFAULT_BLUR, control_net=None, vae=None,
-                     control_strength: float = 1.0, noise=None, group: int = 1):
-    """Returns ``(LATENT, confidence [T,h,w])`` (the alignment confidence on the latent grid)."""
+                     control_strength: float = 1.0, noise=None, group: int = 1, decode_images: bool = False):
+    """Returns ``(LATENT, confidence [T,h,w], images [T,H,W,3] or None)``: the alignment confidence on the
+    latent grid, and with ``decode_images`` the restored frames decoded by ``vae`` (each frame once; the
+    ControlNet hint reuses the previous group's decode)."""
     import comfy.model_management
     import comfy.sample
     import comfy.utils
@@ -108,21 +110,23 @@ def recurrent_sample(model, positive, negative, sampler, sigmas, latent: dict, i
         return comfy.sample.sample_custom(m, n, cfg, sampler, sigmas, pos, neg, x_init, noise_mask=mask,
                                           disable_pbar=disable_pbar, seed=frame_seed)
 
-    decode = None
-    if control_net is not None and vae is not None and strength > 0:
-        decode = vae.decode
+    if decode_images and vae is None:
+        raise ValueError("vae: decode_images needs the VAE that decodes the restored frames; connect one")
+    hints = control_net is not None and control_strength != 0 and vae is not None and strength > 0
+    decoded: list = []  # one [G,H,W,3] per group, concatenated once at the end
 
     def on_frame(t):
         pbar.update(1)
 
-    out, conf = recurrent_align.recurrent_restore(samples, images, restore, strength, flow=flow, frame_index=idx,
-                                                  tau=tau, blur=blur, decode=decode, on_frame=on_frame,
-                                                  group=group, confidence_grid="latent")
+    out, conf = recurrent_align.recurrent_restore(
+        samples, images, restore, strength, flow=flow, frame_index=idx, tau=tau, blur=blur,
+        decode=vae.decode if (hints or decode_images) else None, on_frame=on_frame, group=group,
+        confidence_grid="latent", hints=hints, on_decoded=(lambda ts, im: decoded.append(im)) if decode_images else None)
     result = latent.copy()
     result.pop("downscale_ratio_spacial", None)
     result.pop("noise_mask", None)
     result["samples"] = out
-    return result, conf[:, 0]
+    return result, conf[:, 0], (torch.cat(decoded) if decode_images else None)
 
 
 class RecurrentRestore(io.ComfyNode):
@@ -172,23 +176,33 @@ class RecurrentRestore(io.ComfyNode):
                              "hint; without it the hint is the degraded frame."),
                 io.Noise.Input("noise", optional=True, tooltip="Optional NOISE (e.g. shared / correlated noise) for the "
                                "whole clip; replaces the per-frame seeded noise."),
+                io.Boolean.Input("decode_images", default=False, optional=True,
+                                 tooltip="Also output the restored frames decoded by the vae: each frame is decoded "
+                                         "once, and the next frame's ControlNet hint reuses that decode instead of "
+                                         "decoding the previous frame again. Use the images output in place of a "
+                                         "VAEDecode after this node."),
             ],
             outputs=[io.Latent.Output(display_name="latent"),
                      io.Mask.Output(display_name="confidence", tooltip="Alignment confidence m*s per frame on the "
-                                    "latent grid (0 = not aligned); upscale it to view it over the frames.")],
+                                    "latent grid (0 = not aligned); upscale it to view it over the frames."),
+                     io.Image.Output(display_name="images", tooltip="The restored frames decoded by the vae "
+                                     "(only with decode_images on).")],
         )
 
     @classmethod
     def execute(cls, model, positive, negative, sampler, sigmas, latent, images, noise_seed, cfg, strength,
                 photometric_tau, blur, group, control_strength, flow=None, control_net=None, vae=None,
-                noise=None) -> io.NodeOutput:
+                noise=None, decode_images=False) -> io.NodeOutput:
         check_finite(latent, "latent")
         check_finite(images, "images")
-        out, conf = recurrent_sample(model, positive, negative, sampler, sigmas, latent, images, noise_seed, cfg,
-                                     strength, flow=flow, tau=photometric_tau, blur=blur, control_net=control_net,
-                                     vae=vae, control_strength=control_strength, noise=noise,
-                                     group=group)
-        return io.NodeOutput(out, conf)
+        out, conf, decoded = recurrent_sample(model, positive, negative, sampler, sigmas, latent, images, noise_seed,
+                                              cfg, strength, flow=flow, tau=photometric_tau, blur=blur,
+                                              control_net=control_net, vae=vae, control_strength=control_strength,
+                                              noise=noise, group=group, decode_images=decode_images)
+        if decoded is None:  # a node fed from this output stops with this message instead of receiving nothing
+            decoded = io.ExecutionBlocker("TR_RecurrentRestore: its images output is off; set decode_images on "
+                                          "(with a vae connected), or decode its latent with a VAEDecode")
+        return io.NodeOutput(out, conf, decoded)
 
 
 NODES = [RecurrentRestore]

@@ -169,7 +169,9 @@ def recurrent_restore(latents: Tensor, images: Tensor, restore: Callable[[list, 
                       tau: float = DEFAULT_TAU, blur: float = DEFAULT_BLUR,
                       decode: Optional[Callable[[Tensor], Tensor]] = None,
                       on_frame: Optional[Callable[[int], None]] = None, group: int = 1,
-                      confidence_grid: str = "image") -> tuple[Tensor, Tensor]:
+                      confidence_grid: str = "image",
+                      on_decoded: Optional[Callable[[list, Tensor], None]] = None,
+                      hints: Optional[bool] = None) -> tuple[Tensor, Tensor]:
     """Restore ``latents [T,C,h,w]`` in order, each frame conditioned on the aligned previous result.
 
     Frames go in groups of ``group`` (default 1: strictly frame by frame). Every frame ``t`` of a group
@@ -183,6 +185,11 @@ def recurrent_restore(latents: Tensor, images: Tensor, restore: Callable[[list, 
     built (``m s warp(decode(z_a)) + (1 - m s) y_t``), else ``hint`` is None.
     frame_index: absolute indices of the frames (a window of a longer clip) used to read ``flow``.
     on_frame(t) is called after each frame (progress / interruption).
+    on_decoded(ts, images [G,H',W',3]): when given (with ``decode``), every group is decoded once right after it
+    is restored and handed over, and the next group's hint reuses its last frame instead of decoding the
+    anchor again: a clip needs T decodes in all instead of T (a VAEDecode after the node) + T/G - 1 (anchors).
+    hints: build ControlNet hints (default: whenever ``decode`` is given); False when ``decode`` is only there
+    for ``on_decoded``.
     confidence_grid: ``"image"`` returns the confidence on the frame grid ``[T,1,H,W]``, ``"latent"``
     area-averaged to ``[T,1,h,w]`` (64x less memory on long clips).
     Returns ``(restored [T,C,h,w], confidence)`` (confidence 0 for frame 0 and when s = 0).
@@ -196,6 +203,8 @@ def recurrent_restore(latents: Tensor, images: Tensor, restore: Callable[[list, 
         raise ValueError(f"images: expected degraded frames [T,H,W,3], got {tuple(images.shape)}")
     if images.shape[0] != latents.shape[0]:
         raise ValueError(f"images: expected {latents.shape[0]} frames (one per latent), got {images.shape[0]}")
+    if on_decoded is not None and decode is None:
+        raise ValueError("on_decoded: needs a decode function (the restored frames are decoded with it)")
     if isinstance(group, bool) or int(group) != group or int(group) < 1:
         raise ValueError(f"group: expected an integer >= 1 (frames restored per call), got {group!r}")
     group = int(group)
@@ -203,13 +212,14 @@ def recurrent_restore(latents: Tensor, images: Tensor, restore: Callable[[list, 
     h, w = latents.shape[-2:]
     H, W = images.shape[1:3]
     pairs = PairFlows(images, flow, frame_index) if s > 0 and T > 1 else None
+    hints = decode is not None if hints is None else bool(hints) and decode is not None
     out = torch.empty_like(latents)
     conf = torch.zeros(T, 1, H, W) if confidence_grid == "image" else torch.zeros(T, 1, h, w)
     anchor_img = None
     for g0 in range(0, T, group):
         ts = list(range(g0, min(T, g0 + group)))
         x_init = latents[g0:ts[-1] + 1].clone()
-        hint = images[g0:ts[-1] + 1] if decode is not None else None
+        hint = images[g0:ts[-1] + 1] if hints else None
         a = g0 - 1
         if a >= 0 and s > 0:
             hint = None if hint is None else hint.clone()
@@ -219,18 +229,22 @@ def recurrent_restore(latents: Tensor, images: Tensor, restore: Callable[[list, 
                 conf[t] = m[0] if confidence_grid == "image" else F.interpolate(m.float(), size=(h, w), mode="area")[0]
                 aligned = warp(out[a:a + 1].float(), resize_flow(f, h, w)).to(latents.dtype)
                 x_init[j:j + 1] = blend(latents[t:t + 1], aligned, m, s)
-                if decode is not None:
+                if hints:
                     a_img = warp(_chw(anchor_img[0]), f)
                     hint[j:j + 1] = blend(_chw(images[t]), a_img, m, s).permute(0, 2, 3, 1).to(images.dtype)
         z = restore(ts, x_init, hint)
         if z.shape != x_init.shape:
             raise ValueError(f"restore: expected restored latents {tuple(x_init.shape)}, got {tuple(z.shape)}")
         out[g0:ts[-1] + 1] = z.to(out.dtype)
-        if decode is not None and s > 0 and ts[-1] + 1 < T:
+        if on_decoded is not None:
+            decoded = decode(out[g0:ts[-1] + 1])
+            on_decoded(ts, decoded)
+            anchor_img = decoded[-1:]
+        elif hints and s > 0 and ts[-1] + 1 < T:
             anchor_img = decode(out[ts[-1]:ts[-1] + 1])
-            if anchor_img.shape[1:3] != (H, W):
-                anchor_img = F.interpolate(anchor_img.permute(0, 3, 1, 2).float(), size=(H, W), mode="bilinear",
-                                           align_corners=False).permute(0, 2, 3, 1)
+        if anchor_img is not None and anchor_img.shape[1:3] != (H, W):
+            anchor_img = F.interpolate(anchor_img.permute(0, 3, 1, 2).float(), size=(H, W), mode="bilinear",
+                                       align_corners=False).permute(0, 2, 3, 1)
         if on_frame is not None:
             for t in ts:
                 on_frame(t)

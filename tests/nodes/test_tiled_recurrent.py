@@ -20,9 +20,9 @@ def _restore(env, model, strength, control=True):
 
     images, flow = _clip()
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 4).cpu()[2:]
-    out, _ = recurrent_restore.RecurrentRestore.execute(
+    out = recurrent_restore.RecurrentRestore.execute(
         model, env["pos"], env["neg"], comfy.samplers.sampler_object("euler"), sigmas, {"samples": env["latent"]},
-        images, 0, 2.0, strength, 0.1, 1.0, 1, 1.0, flow=flow, control_net=env["cn"] if control else None).result
+        images, 0, 2.0, strength, 0.1, 1.0, 1, 1.0, flow=flow, control_net=env["cn"] if control else None).result[0]
     return out["samples"]
 
 

@@ -316,8 +316,9 @@ def test_node_strength_zero_equals_plain_per_frame_sampling(comfy_host, tiny):
     assert out[1].shape == (2, 8, 8) and out[1].abs().sum() == 0  # latent grid
 
     # enabled: frame 0 is untouched, frame 1 changes; the confidence is high on this global pan
-    on, conf = NR.recurrent_sample(p["model"], p["pos"], p["neg"], p["sampler"], p["sigmas"],
-                                   {"samples": lat, "batch_index": [5, 6]}, frames, 7, 2.0, 0.9)
+    on, conf, none = NR.recurrent_sample(p["model"], p["pos"], p["neg"], p["sampler"], p["sigmas"],
+                                         {"samples": lat, "batch_index": [5, 6]}, frames, 7, 2.0, 0.9)
+    assert none is None  # no decoded frames unless asked
     torch.testing.assert_close(on["samples"][0], ref[0], rtol=1e-5, atol=1e-5)
     assert (on["samples"][1] - ref[1]).abs().max() > 1e-3
     assert conf[1, 1:-1, 1:-1].mean() > 0.8
@@ -341,6 +342,35 @@ def test_node_controlnet_hint_strength_zero_equals_stock_controlnet_per_frame(co
     torch.testing.assert_close(off, ref, rtol=1e-5, atol=1e-5)
     on = NR.recurrent_sample(*args, 1.0, control_net=p["cn"], vae=p["vae"])[0]["samples"]
     assert torch.isfinite(on).all() and (on[1] - ref[1]).abs().max() > 1e-4
+
+    # decode_images: the same latents (the hint reuses the previous frame's decode, the same single-frame
+    # decode as before), and images equal to a VAE decode of them, with T decodes in all instead of 2T - 1
+    calls = []
+    vae_decode = p["vae"].decode
+
+    class Counting:  # the VAE seen by the node: counts decoded frames
+        def __getattr__(self, name):
+            return getattr(p["vae"], name)
+
+        def decode(self, z):
+            calls.append(int(z.shape[0]))
+            return vae_decode(z)
+
+    lat3, frames3 = _latent_of(_moving_clip(T=3)), _moving_clip(T=3)
+    args3 = (p["model"], p["pos"], p["neg"], p["sampler"], p["sigmas"], {"samples": lat3}, frames3, 3, 2.0, 1.0)
+    plain = NR.recurrent_sample(*args3, control_net=p["cn"], vae=Counting())
+    assert plain[2] is None and calls == [1, 1]  # the two anchors
+    calls.clear()
+    reuse = NR.recurrent_sample(*args3, control_net=p["cn"], vae=Counting(), decode_images=True)
+    assert calls == [1, 1, 1]  # each frame once, anchors included
+    torch.testing.assert_close(reuse[0]["samples"], plain[0]["samples"], rtol=0, atol=0)
+    assert reuse[2].shape == (3, *frames3.shape[1:3], 3)
+    torch.testing.assert_close(reuse[2], vae_decode(plain[0]["samples"]), rtol=1e-4, atol=1e-4)
+    calls.clear()  # groups of 2: each group decoded in one call, its last frame the next group's anchor
+    grouped = NR.recurrent_sample(*args3, control_net=p["cn"], vae=Counting(), decode_images=True, group=2)
+    assert calls == [2, 1] and grouped[2].shape == reuse[2].shape
+    with pytest.raises(ValueError, match="vae: decode_images needs"):
+        NR.recurrent_sample(*args3, decode_images=True)
 
     # a ControlNet applied upstream with one hint per frame is sliced to the frame being sampled
     import nodes as comfy_nodes

@@ -75,8 +75,13 @@ def test_workflow_shape():
     prompt = _load()
     types = [n["class_type"] for n in prompt.values()]
     for t in ("LoadVideo", "GetVideoComponents", "VAEEncode", "ControlNetLoader", "TR_DistilledSampler",
-              "TR_DistilledSigmas", "TR_RecurrentRestore", "VAEDecode", "CreateVideo", "TR_SaveVideo"):
+              "TR_DistilledSigmas", "TR_RecurrentRestore", "CreateVideo", "TR_SaveVideo"):
         assert t in types, t
+    # the restore's own decode (each frame once, reused for the next frame's hint) replaces a VAEDecode
+    assert "VAEDecode" not in types
+    rr_id = next(k for k, n in prompt.items() if n["class_type"] == "TR_RecurrentRestore")
+    assert prompt[rr_id]["inputs"]["decode_images"] is True
+    assert next(n for n in prompt.values() if n["class_type"] == "TR_ColorMatch")["inputs"]["restored"] == [rr_id, 2]
     comps = next(k for k, n in prompt.items() if n["class_type"] == "GetVideoComponents")
     create = next(n for n in prompt.values() if n["class_type"] == "CreateVideo")
     assert create["inputs"]["audio"] == [comps, 1] and create["inputs"]["fps"] == [comps, 2]
