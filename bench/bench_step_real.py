@@ -185,7 +185,7 @@ def run_size(host, models_spec: dict, size: int, frames: int, repeats: int, ilt:
 
 def table(results: list, a) -> str:
     lines = [f"one sampling step (cond + uncond, ControlNet, CFG {CFG}) per UNet frame-evaluation, "
-             f"{'tiny model' if a.quick else 'full-size random SD1.5 + ControlNet'}, {a.frames} frames, {a.threads} threads, CPU time, median of {a.repeats} "
+             f"{'tiny model' if a.quick else 'full-size random SD1.5 + ControlNet'}, {a.frames} frames, {a.threads} threads, {a.attention} attention, CPU time, median of {a.repeats} "
              f"interleaved repeats; ilt: window {a.ilt_window} overlap {a.ilt_overlap} (mode post)",
              "| size | variant | step | s / frame-eval | vs stock | frame-evals | peak RSS rise GiB (stock) "
              "| process peak RSS GiB |",
@@ -217,12 +217,14 @@ def main():
     ap.add_argument("--late", default=",".join(LATE), help="variants also timed at the last step")
     ap.add_argument("--late-only", default="", help="variants timed at the last step only (saves time at 512)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed stock evaluation first")
+    ap.add_argument("--attention", choices=("pytorch", "sub_quad"), default="pytorch",
+                    help="ComfyUI attention backend (bench_real_shapes.py's docstring); the stop-3 table used sub_quad")
     ap.add_argument("--quick", action="store_true", help="tiny model, 64 px, 4 frames, 1 repeat: a smoke run")
     a = ap.parse_args()
     if a.quick:
         a.sizes, a.frames, a.repeats, a.threads, a.ilt_window, a.ilt_overlap = "64", 4, 1, 1, 2, 1
     models_spec = brs._models(a.quick)
-    host = brs.open_host({"threads": a.threads, "quick": a.quick, "models": models_spec})
+    host = brs.open_host({"threads": a.threads, "quick": a.quick, "models": models_spec, "attention": a.attention})
     chunked = sys.modules[host.node("TR_ILTChunker").__module__].chunked_sample  # the pack as ComfyUI loaded it
     results = []
     for size in [int(s) for s in a.sizes.split(",")]:
