@@ -129,6 +129,14 @@ def recurrent_sample(model, positive, negative, sampler, sigmas, latent: dict, i
     return result, conf[:, 0], (torch.cat(decoded) if decode_images else None)
 
 
+def _blocker(message: str):
+    """ComfyUI's ExecutionBlocker: a node fed from this output stops with ``message`` (shown on that node)."""
+    cls = getattr(io, "ExecutionBlocker", None)  # comfy_api.latest.io re-exported it up to 0.3.x
+    if cls is None:  # 0.33+: only comfy_execution has it
+        from comfy_execution.graph_utils import ExecutionBlocker as cls
+    return cls(message)
+
+
 class RecurrentRestore(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -200,8 +208,8 @@ class RecurrentRestore(io.ComfyNode):
                                               control_net=control_net, vae=vae, control_strength=control_strength,
                                               noise=noise, group=group, decode_images=decode_images)
         if decoded is None:  # a node fed from this output stops with this message instead of receiving nothing
-            decoded = io.ExecutionBlocker("TR_RecurrentRestore: its images output is off; set decode_images on "
-                                          "(with a vae connected), or decode its latent with a VAEDecode")
+            decoded = _blocker("TR_RecurrentRestore: its images output is off; set decode_images on "
+                               "(with a vae connected), or decode its latent with a VAEDecode")
         return io.NodeOutput(out, conf, decoded)
 
 

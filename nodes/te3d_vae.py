@@ -158,6 +158,7 @@ def te3d_decode(vae, samples: torch.Tensor, mode: str = "te3d", chunk: int = 8, 
             status.append("te3d without temporal weights: temporal layers skipped, output = 2D VAE decode")
         else:
             status.append(f"te3d with temporal weights {os.path.basename(weights)}")
+    plan_len = len(te3d_vae.ilt.plan_windows(samples.shape[0], chunk, overlap))  # checks chunk / overlap
     if not tile and (mode == "2d" or (mode == "te3d" and model.is_identity())):
         # no layer couples frames: ComfyUI's own decode gives the same images exactly (no chunk blending
         # rounding) in batches sized to the free memory, where a chunk decoded at once peaked 1.24x stock's
@@ -165,7 +166,6 @@ def te3d_decode(vae, samples: torch.Tensor, mode: str = "te3d", chunk: int = 8, 
         with torch.inference_mode():
             return vae.decode(samples)
     p = next(model.parameters())
-    plan_len = len(te3d_vae.ilt.plan_windows(samples.shape[0], chunk, overlap))
     pbar = comfy.utils.ProgressBar(plan_len)
 
     def on_chunk(i, n):
