@@ -211,7 +211,7 @@ def worker(spec: dict) -> dict:
     if not ok[0]:
         raise RuntimeError(f"prompt invalid: {ok[1]} {ok[3]}")
     prof = None
-    if os.environ.get("TR_BENCH_PROFILE"):  # cProfile of the run, written where the variable points
+    if os.environ.get("TR_BENCH_PROFILE"):  # cProfile of each run, written to <the variable>.<first sampling node>.<pid>
         import cProfile
 
         prof = cProfile.Profile()
@@ -219,7 +219,7 @@ def worker(spec: dict) -> dict:
     host.executor.execute(prompt, "bench", {"client_id": "bench"}, list(ok[2]))
     if prof is not None:
         prof.disable()
-        prof.dump_stats(os.environ["TR_BENCH_PROFILE"])
+        prof.dump_stats(f"{os.environ['TR_BENCH_PROFILE']}.{spec['sampling'][0]}.{os.getpid()}")
     if not host.executor.success:
         raise RuntimeError(f"execution failed: {host.executor.status_messages[-1]}")
     whole = sum(t for nid, t in times.items() if nid in prompt and prompt[nid]["class_type"] not in NOT_COUNTED)
